@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny synthetic world and its shards, made once per test session."""
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from videomask import build, world  # noqa: E402
+
+TINY_WORLD = world.WorldConfig(general=4, target=8, size=64, fps=8, segments=3, segment_seconds=1.0, seed=0)
+TINY_BUILD = build.BuildOptions(frames=4, size=64, clip_seconds=3.0, max_samples=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    world.make_world(out, TINY_WORLD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_world, tmp_path_factory):
+    """Shards of both domains: {"general": folder, "target": folder}."""
+    root = tmp_path_factory.mktemp("shards")
+    out = {}
+    for domain in ("general", "target"):
+        build.build(tiny_world / f"{domain}.jsonl", root / domain, TINY_BUILD, progress=False)
+        out[domain] = root / domain
+    return out
+
+
+def make_video(path, seconds: float, fps: int = 8, size: int = 64, seed: int = 0, options=None):
+    """A real h264 .mp4 of moving noise blocks (so every frame differs)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
+    frames = [np.kron(np.roll(base, k, axis=1), np.ones((8, 8, 1), dtype=np.uint8)) for k in range(round(seconds * fps))]
+    world.write_video(path, frames, fps, options)
+    return path
+
+
+def make_srt(path, cues):
+    """``cues``: [(start, end, text)]."""
+    path.write_text("\n".join(f"{k + 1}\n{world.srt_time(s)} --> {world.srt_time(e)}\n{t}\n"
+                              for k, (s, e, t) in enumerate(cues)), encoding="utf-8")
+    return path

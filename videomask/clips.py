@@ -1,0 +1,141 @@
+"""Turn one ``Input`` into shard samples: cut clips, sample frames, attach transcript words.
+
+``process(inp, opts)`` is a pure function of its arguments (it runs in worker
+processes) and returns ``(samples, errors)``. A sample is a dict of bytes ready
+for ``webdataset.TarWriter``:
+
+- ``__key__``: ``{input id}_{clip:04d}`` (sanitised), or ``{id}`` for text;
+- ``f000.jpg`` ... ``f{T-1:03d}.jpg``: frames, short side resized to S and centre-cropped;
+- ``txt``: the clip's transcript (UTF-8);
+- ``json``: metadata: source, video id, clip index, start/end, fps, original size,
+  split, frame indices and times, the transcript's words as ``{"w", "s", "e",
+  "t0", "t1"}`` (character offsets into ``txt``, times in seconds), and any
+  labels / QA fields of the input.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .inputs import Input, sanitize
+from .transcripts import TranscriptError, clip_text, read_transcript, text_words, timed_words
+from .video import VideoError, encode_jpeg, open_video, resize_crop, sample_indices
+
+
+@dataclass
+class BuildOptions:
+    frames: int = 8  # T frames sampled per clip
+    size: int = 224  # S: frames are S x S
+    clip_seconds: float = 8.0
+    clip_mode: str = "fixed"  # "fixed" windows, or "segments": whole transcript cues grouped to >= clip_seconds
+    min_clip_fraction: float = 0.5  # a video shorter than this fraction of a clip is rejected
+    jpeg_quality: int = 90
+    max_samples: int = 1000  # per shard
+    max_bytes: int = 1 << 30  # per shard (a shard holding one bigger sample is allowed)
+    split: str = "train"  # default split where the input doesn't say
+    missing_transcript: str = "reject"  # or "keep" (the clips get empty text)
+    time_tolerance: float = 1.0  # seconds a transcript may run past the video's end
+    kind: str = "auto"  # "video", "text", or "auto" (video if the folder holds any video)
+    text_field: str = "text"
+    backend: str = "auto"  # decord (auto when installed) or pyav
+
+    def __post_init__(self):
+        checks = {"frames": self.frames >= 1, "size": self.size >= 8, "clip_seconds": self.clip_seconds > 0,
+                  "min_clip_fraction": 0 < self.min_clip_fraction <= 1, "jpeg_quality": 1 <= self.jpeg_quality <= 100,
+                  "max_samples": self.max_samples >= 1, "max_bytes": self.max_bytes >= 1,
+                  "clip_mode": self.clip_mode in ("fixed", "segments"),
+                  "missing_transcript": self.missing_transcript in ("reject", "keep"),
+                  "kind": self.kind in ("auto", "video", "text"), "backend": self.backend in ("auto", "decord", "pyav"),
+                  "time_tolerance": self.time_tolerance >= 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid build option {bad[0]}={getattr(self, bad[0])!r}")
+
+
+def _err(inp: Input, reason: str, clip: int | None = None, stage="decode") -> dict:
+    e = {"source": inp.source, "id": inp.id, "stage": stage, "reason": reason}
+    if clip is not None:
+        e["clip"] = clip
+    return e
+
+
+def plan_clips(cues, duration: float, opts: BuildOptions, timed: bool) -> list[tuple[float, float]]:
+    """Clip windows covering the video. Fixed mode: windows of ``clip_seconds``; a remainder shorter
+    than ``min_clip_fraction`` of a clip is absorbed by the last window, so no footage is lost.
+    Segment mode: consecutive cues grouped until they span ``clip_seconds``."""
+    min_len = opts.clip_seconds * opts.min_clip_fraction
+    if opts.clip_mode == "segments" and timed and cues:
+        groups, cur = [], None
+        for c in cues:
+            cur = [c.start, c.end] if cur is None else [cur[0], max(cur[1], c.end)]
+            if cur[1] - cur[0] >= opts.clip_seconds:
+                groups.append(cur)
+                cur = None
+        if cur is not None:
+            if groups and cur[1] - cur[0] < min_len:
+                groups[-1][1] = cur[1]
+            else:
+                groups.append(cur)
+        return [(max(0.0, s), min(e, duration)) for s, e in groups]
+    n = max(1, int(duration // opts.clip_seconds))
+    if duration - n * opts.clip_seconds >= min_len:
+        n += 1
+    bounds = [(k * opts.clip_seconds, min((k + 1) * opts.clip_seconds, duration)) for k in range(n)]
+    bounds[-1] = (bounds[-1][0], duration)
+    return bounds
+
+
+def process(inp: Input, opts: BuildOptions):
+    """All samples of one input, and the errors (whole input or per clip)."""
+    if inp.kind == "text":
+        meta = {"key": sanitize(inp.id), "source": inp.source, "split": inp.split, "words": text_words(inp.text),
+                **inp.extra}
+        return [{"__key__": meta["key"], "txt": inp.text.encode(), "json": json.dumps(meta).encode()}], []
+    cues, timed = [], False
+    if inp.transcript is None:
+        if opts.missing_transcript == "reject":
+            return [], [_err(inp, "no transcript with the same stem (.srt/.vtt/.json/.txt); "
+                                  "use --missing-transcript keep to keep it with empty text", stage="transcript")]
+    else:
+        try:
+            cues, timed = read_transcript(inp.transcript)
+        except (TranscriptError, OSError) as e:
+            return [], [_err(inp, str(e), stage="transcript")]
+    try:
+        reader = open_video(inp.video, opts.backend)
+    except (VideoError, OSError) as e:
+        return [], [_err(inp, str(e))]
+    info = reader.info
+    min_len = opts.clip_seconds * opts.min_clip_fraction
+    if info.duration < min_len:
+        return [], [_err(inp, f"video is {info.duration:.2f}s long, shorter than one clip (needs >= {min_len:.2f}s "
+                              f"= --clip-seconds {opts.clip_seconds} x --min-clip-fraction {opts.min_clip_fraction})")]
+    late = [c for c in cues if c.end is not None and c.end > info.duration + opts.time_tolerance]
+    if late:
+        return [], [_err(inp, f"transcript {inp.transcript} has {len(late)} cue(s) past the end of the video "
+                              f"({info.duration:.2f}s), the first ending at {late[0].end:.2f}s: wrong transcript?",
+                         stage="transcript")]
+    words = timed_words(cues, info.duration)
+    samples, errors = [], []
+    for c, (t0, t1) in enumerate(plan_clips(cues, info.duration, opts, timed)):
+        indices = sample_indices(t0, t1, opts.frames, info)
+        try:
+            frames = reader.frames(indices)
+        except VideoError as e:
+            errors.append(_err(inp, str(e), clip=c))
+            continue
+        text, clip_words = clip_text(cues, words, t0, t1)
+        key = f"{sanitize(inp.id)}_{c:04d}"
+        meta = {"key": key, "source": inp.source, "video_id": inp.id, "clip": c, "start": round(t0, 3),
+                "end": round(t1, 3), "fps": info.fps, "width": info.width, "height": info.height, "split": inp.split,
+                "frame_indices": indices, "frame_times": [round(i / info.fps, 3) for i in indices],
+                "timing": ("words" if any(cu.words for cu in cues) else "cues") if timed else (
+                    "untimed" if cues else "none"),
+                "words": clip_words, **inp.extra}
+        sample = {"__key__": key, "txt": text.encode(), "json": json.dumps(meta).encode()}
+        for t, frame in enumerate(frames):
+            sample[f"f{t:03d}.jpg"] = encode_jpeg(resize_crop(frame, opts.size), opts.jpeg_quality)
+        samples.append(sample)
+    if not samples:
+        errors.append(_err(inp, "no clip of this video could be decoded (see the clip errors)"))
+    return samples, errors

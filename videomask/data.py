@@ -1,0 +1,159 @@
+"""Read videomask shards: composable webdataset stages, safe decoding only.
+
+    pipe = videomask.data.dataset("out/shards", split="train")      # a wds.DataPipeline
+    for s in pipe:
+        s["frames"]   # uint8 [T, 3, S, S] (None for text-only samples)
+        s["text"], s["words"], s["meta"], s["key"]
+
+The stages (each a plain generator function or webdataset filter, usable alone):
+shard list (``SimpleShardList``, or ``ResampledShards`` for multi-node training)
+-> ``split_by_node`` -> ``split_by_worker`` -> ``tarfile_to_samples`` ->
+``safe_decode`` -> ``to_sample``.
+
+Safety: only JPEG, JSON, UTF-8 text and ``.npy`` (``allow_pickle=False``) are
+decoded. A member with any other extension (``.pyd``, ``.pickle``, ``.pth``...)
+makes the sample fail: a shard from the internet can never run code here.
+
+Errors are a parameter (``ErrorCounter``): in training mode a corrupt sample or
+a truncated tar is skipped and counted; in strict mode it raises.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+FRAME_RE = re.compile(r"^f(\d{3,})\.jpe?g$")
+SAFE_EXTS = {"jpg", "jpeg", "json", "txt", "npy"}
+
+
+class UnsafeMemberError(ValueError):
+    pass
+
+
+class ErrorCounter:
+    """A webdataset ``handler``: counts and skips (``strict=False``) or raises (``strict=True``)."""
+
+    def __init__(self, strict: bool = False, verbose: bool = True, max_messages: int = 10):
+        self.strict, self.verbose, self.max_messages = strict, verbose, max_messages
+        self.counts: Counter = Counter()
+
+    def __call__(self, exn: Exception) -> bool:
+        if self.strict:
+            raise exn
+        self.counts[type(exn).__name__] += 1
+        if self.verbose and sum(self.counts.values()) <= self.max_messages:
+            print(f"videomask.data: skipped ({type(exn).__name__}: {str(exn)[:300]})")
+        return True  # continue with the next sample / shard
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.counts.values())
+
+
+def shard_urls(path, split: str | None = None) -> list[str]:
+    """Shard paths from a shard folder's ``manifest.json`` (optionally one split), a single .tar,
+    a brace pattern, or a list. An empty result is an error naming the place looked at."""
+    if isinstance(path, (list, tuple)):
+        urls = [str(p) for p in path]
+    else:
+        p = Path(path)
+        if p.is_dir():
+            mf = p / "manifest.json"
+            if mf.exists():
+                manifest = json.loads(mf.read_text())
+                urls = [str(p / s["name"]) for s in manifest["shards"] if split is None or s["split"] == split]
+            else:
+                urls = sorted(str(x) for x in p.glob(f"{split}-*.tar" if split else "*.tar"))
+        else:
+            urls = list(wds.shardlists.expand_urls(str(path)))
+    if not urls:
+        raise FileNotFoundError(f"no shards found at {path}" + (f" for split {split!r}" if split else ""))
+    return urls
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> uint8 [H, W, 3] (libjpeg-turbo through Pillow)."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format != "JPEG":
+            raise ValueError(f"expected JPEG data, got {img.format}")
+        return np.asarray(img.convert("RGB"))
+
+
+def _ext(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower()
+
+
+def safe_decode(sample: dict) -> dict:
+    """Decode the members of one raw webdataset sample; refuse anything that could execute code."""
+    out = {}
+    for name, value in sample.items():
+        if name.startswith("__"):
+            out[name] = value
+            continue
+        ext = _ext(name)
+        if ext not in SAFE_EXTS:
+            raise UnsafeMemberError(
+                f"{sample.get('__url__')}: sample {sample.get('__key__')} has member '.{name}', which videomask "
+                f"refuses to decode (allowed: {', '.join(sorted(SAFE_EXTS))}); pickles can run code")
+        if ext == "json":
+            out[name] = json.loads(value)
+        elif ext == "txt":
+            out[name] = value.decode("utf-8")
+        elif ext == "npy":
+            out[name] = np.load(io.BytesIO(value), allow_pickle=False)
+        else:
+            out[name] = value  # JPEG bytes: decoded together in to_sample
+    return out
+
+
+def to_sample(sample: dict) -> dict:
+    """Decoded members -> ``{"key", "frames", "text", "words", "meta", ...arrays}``."""
+    meta = sample.get("json")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no .json metadata")
+    frame_names = sorted((n for n in sample if FRAME_RE.match(n)), key=lambda n: int(FRAME_RE.match(n).group(1)))
+    expected = len(meta.get("frame_indices", []))
+    if len(frame_names) != expected:
+        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has {len(frame_names)} frames, "
+                         f"its metadata lists {expected} (truncated shard?)")
+    frames = None
+    if frame_names:
+        frames = torch.from_numpy(np.stack([decode_jpeg(sample[n]) for n in frame_names])).permute(0, 3, 1, 2)
+        frames = frames.contiguous()  # [T, 3, S, S] uint8
+    out = {"key": sample["__key__"], "url": sample.get("__url__"), "frames": frames, "text": sample.get("txt", ""),
+           "words": meta.get("words", []), "meta": meta}
+    for name, value in sample.items():  # extra arrays, e.g. scores written by the scoring stage
+        if isinstance(value, np.ndarray):
+            out[name[:-4].replace(".", "_")] = value
+    return out
+
+
+def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle: int = 0, seed: int = 0,
+            handler: ErrorCounter | None = None, split_by_node: bool = True) -> wds.DataPipeline:
+    """The sample pipeline over ``path`` (see ``shard_urls``).
+
+    ``resampled=True`` draws shards with replacement forever (multi-node training: every rank
+    gets data, no epoch boundary); otherwise each shard is read once, split by node and worker.
+    """
+    handler = handler or ErrorCounter()
+    urls = shard_urls(path, split)
+    stages = [wds.ResampledShards(urls, seed=seed, deterministic=True) if resampled else wds.SimpleShardList(urls)]
+    if not resampled:
+        if split_by_node:
+            stages.append(wds.split_by_node)
+        stages.append(wds.split_by_worker)
+    stages.append(wds.tarfile_to_samples(handler=handler))
+    if shuffle:
+        stages.append(wds.shuffle(shuffle, seed=seed))  # seeded: the same order on a rerun
+    stages += [wds.map(safe_decode, handler=handler), wds.map(to_sample, handler=handler)]
+    pipe = wds.DataPipeline(*stages)
+    pipe.errors = handler
+    return pipe

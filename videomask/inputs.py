@@ -1,0 +1,237 @@
+"""Find the build's inputs: a folder of videos + sidecar transcripts, a manifest, or text corpora.
+
+The result is a sorted, deterministic list of ``Input`` work units plus the
+problems found on the way (unreadable folders, duplicate stems, orphan
+transcripts, manifest rows with missing fields): each of those becomes one line
+of ``errors.jsonl``, so that every file the user gave ends up somewhere.
+
+Splits: a manifest column ``split``; in a folder, a top-level sub-folder named
+``train``, ``val``/``valid``/``validation`` or ``test``; otherwise ``--split``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .transcripts import TRANSCRIPT_EXTS, read_text
+from .video import VIDEO_EXTS
+
+MANIFEST_EXTS = (".csv", ".jsonl")
+SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+RESERVED_FIELDS = ("id", "video", "transcript", "split")  # every other manifest field is kept as metadata
+
+
+@dataclass
+class Input:
+    """One unit of work: a video (with its transcript) or one text document."""
+
+    id: str  # unique, used to name the samples
+    kind: str  # "video" or "text"
+    split: str
+    source: str  # what the user gave: a path, or "path:line"
+    video: str | None = None
+    transcript: str | None = None
+    text: str | None = None
+    extra: dict = field(default_factory=dict)  # labels / QA fields carried into the metadata
+
+
+def sanitize(name: str) -> str:
+    """A webdataset-safe key: no dots (the key/extension separator), no slashes."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", name)
+
+
+def partition_of(input_id: str, num_partitions: int) -> int:
+    """Stable assignment of an input to a partition (independent of the rest of the input set)."""
+    return int(hashlib.sha1(input_id.encode()).hexdigest(), 16) % num_partitions
+
+
+def _error(source, reason, stage="discover"):
+    return {"source": str(source), "stage": stage, "reason": reason}
+
+
+def _split_of(rel: Path, default: str) -> str:
+    return SPLIT_DIRS.get(rel.parts[0].lower(), default) if len(rel.parts) > 1 else default
+
+
+def scan_folder(root: Path, default_split: str, kind: str, text_field: str):
+    """Inputs and errors for a folder (walked recursively, in sorted order)."""
+    errors, files = [], []
+
+    def onerror(e: OSError):
+        errors.append(_error(e.filename, f"cannot read directory: {e.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        dirnames.sort()
+        files += [Path(dirpath, f) for f in sorted(filenames)]
+    videos, transcripts, other = {}, {}, []
+    for f in files:
+        rel = f.relative_to(root)
+        stem, ext = rel.with_suffix("").as_posix(), f.suffix.lower()
+        if ext in VIDEO_EXTS:
+            videos.setdefault(stem, []).append(f)
+        elif ext in TRANSCRIPT_EXTS or ext == ".jsonl":
+            transcripts.setdefault(stem, []).append(f)
+        else:
+            other.append(f)
+    if kind == "auto":
+        kind = "video" if videos else "text"
+    errors += [_error(f, f"unsupported file type {f.suffix!r} (videos: {', '.join(VIDEO_EXTS)}; "
+                         f"transcripts: {', '.join(TRANSCRIPT_EXTS)}; corpora: .txt, .jsonl)") for f in other]
+    inputs = []
+    if kind == "text":
+        for stem, paths in sorted(transcripts.items()):
+            for p in paths:
+                if p.suffix.lower() in (".txt", ".jsonl"):
+                    docs, errs = read_corpus(p, root, _split_of(p.relative_to(root), default_split), text_field)
+                    inputs += docs
+                    errors += errs
+                else:
+                    errors.append(_error(p, "a transcript without a video (this input has no videos)"))
+        return inputs, errors
+    for stem, paths in sorted(videos.items()):
+        if len(paths) > 1:
+            reason = (f"duplicate stem {stem!r}: {', '.join(q.name for q in paths)} would share one transcript "
+                      "and one sample key; rename one")
+            errors += [_error(p, reason) for p in paths + transcripts.get(stem, [])]
+            continue
+        ts = transcripts.get(stem, [])
+        if len(ts) > 1:
+            reason = f"several transcripts match {stem!r} ({', '.join(t.name for t in ts)}); keep one"
+            errors += [_error(p, reason) for p in paths + ts]
+            continue
+        rel = paths[0].relative_to(root)
+        inputs.append(Input(id=stem, kind="video", split=_split_of(rel, default_split), source=str(paths[0]),
+                            video=str(paths[0]), transcript=str(ts[0]) if ts else None))
+    for stem, ts in sorted(transcripts.items()):
+        if stem not in videos:
+            errors += [_error(t, "transcript without a video of the same stem") for t in ts]
+    return inputs, errors
+
+
+def read_corpus(path: Path, root: Path, split: str, text_field: str):
+    """A text corpus: one document per non-empty line (.txt), or per JSON line with ``text_field``."""
+    inputs, errors = [], []
+    rel = path.relative_to(root).with_suffix("").as_posix() if root in path.parents else path.stem
+    try:
+        lines = read_text(path).splitlines()
+    except (ValueError, OSError) as e:
+        return [], [_error(path, str(e))]
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        extra = {}
+        if path.suffix.lower() == ".jsonl":
+            try:
+                row = json.loads(line)
+                text = row[text_field]
+                if not isinstance(text, str):
+                    raise TypeError
+            except json.JSONDecodeError as e:
+                errors.append(_error(f"{path}:{n}", f"malformed JSON: {e.msg}"))
+                continue
+            except (KeyError, TypeError):
+                errors.append(_error(f"{path}:{n}", f"missing string field {text_field!r}"))
+                continue
+            extra = {k: v for k, v in row.items() if k not in RESERVED_FIELDS and k != text_field}
+            split = row.get("split", split)
+        else:
+            text = line
+        if not text.strip():
+            errors.append(_error(f"{path}:{n}", "empty text"))
+            continue
+        inputs.append(Input(id=f"{rel}:{n}", kind="text", split=split, source=f"{path}:{n}", text=text, extra=extra))
+    return inputs, errors
+
+
+def read_manifest(path: Path, default_split: str, text_field: str):
+    """A CSV or JSONL manifest: ``video`` [+ ``transcript``] rows, or ``text`` rows; relative paths are
+    resolved against the manifest's folder. ``answers`` in a CSV is a JSON list or ``|``-separated."""
+    base = path.parent
+    try:
+        if path.suffix.lower() == ".csv":
+            rows = list(csv.DictReader(read_text(path).splitlines()))
+            line_of = [k + 2 for k in range(len(rows))]  # +1 header, +1 one-based
+        else:
+            rows, line_of = [], []
+            for n, line in enumerate(read_text(path).splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        rows.append({"__error__": f"malformed JSON: {e.msg}"})
+                    line_of.append(n)
+    except (ValueError, OSError) as e:
+        return [], [_error(path, str(e))]
+    inputs, errors = [], []
+    for row, n in zip(rows, line_of):
+        where = f"{path}:{n}"
+        if "__error__" in row:
+            errors.append(_error(where, row["__error__"]))
+            continue
+        extra = {k: v for k, v in row.items() if k not in RESERVED_FIELDS and k != text_field and v not in (None, "")}
+        if isinstance(extra.get("answers"), str):
+            a = extra["answers"]
+            extra["answers"] = json.loads(a) if a.startswith("[") else a.split("|")
+        if "answer_idx" in extra:
+            try:
+                extra["answer_idx"] = int(extra["answer_idx"])
+            except ValueError:
+                errors.append(_error(where, f"answer_idx {extra['answer_idx']!r} is not an integer"))
+                continue
+        split = row.get("split") or default_split
+        if row.get("video"):
+            video = Path(row["video"]) if Path(row["video"]).is_absolute() else base / row["video"]
+            transcript = row.get("transcript") or None
+            if transcript and not Path(transcript).is_absolute():
+                transcript = str(base / transcript)
+            vid = row.get("id") or Path(row["video"]).with_suffix("").as_posix()
+            inputs.append(Input(id=str(vid), kind="video", split=split, source=str(video), video=str(video),
+                                transcript=transcript, extra=extra))
+        elif isinstance(row.get(text_field), str) and row[text_field].strip():
+            inputs.append(Input(id=str(row.get("id") or f"{path.stem}:{n}"), kind="text", split=split,
+                                source=where, text=row[text_field], extra=extra))
+        else:
+            errors.append(_error(where, f"row has neither a 'video' path nor a non-empty {text_field!r} field"))
+    return inputs, errors
+
+
+def discover(src: Path, default_split="train", kind="auto", text_field="text"):
+    """All inputs under ``src`` (folder, manifest, or single corpus file), sorted, with unique keys."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    if src.is_dir():
+        inputs, errors = scan_folder(src, default_split, kind, text_field)
+    elif src.suffix.lower() == ".csv" or (src.suffix.lower() == ".jsonl" and kind != "text" and _is_video_manifest(src)):
+        inputs, errors = read_manifest(src, default_split, text_field)
+    elif src.suffix.lower() in (".txt", ".jsonl"):
+        inputs, errors = read_corpus(src, src.parent, default_split, text_field)
+    else:
+        raise ValueError(f"{src}: expected a folder, a manifest (.csv/.jsonl) or a text corpus (.txt/.jsonl)")
+    # one key per input: clashes after sanitising are rejected, never overwritten
+    seen, unique = {}, []
+    for inp in inputs:
+        key = sanitize(inp.id)
+        if key in seen:
+            errors.append(_error(inp.source, f"duplicate id {inp.id!r} (sample key {key!r} already used by "
+                                             f"{seen[key]})"))
+            continue
+        seen[key] = inp.source
+        unique.append(inp)
+    return unique, errors
+
+
+def _is_video_manifest(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    return "video" in json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+    return False

@@ -1,0 +1,149 @@
+"""Video decoding: decord first (fast random access), PyAV where decord is missing.
+
+``open_video(path)`` checks the file and returns a reader with ``info`` and
+``frames(indices) -> uint8 [n, H, W, 3]``. Every failure is a ``VideoError``
+whose message names the file and what is wrong with it.
+"""
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+try:  # decord ships wheels for x86-64 only
+    import decord
+except ImportError:  # pragma: no cover - exercised on platforms without decord
+    decord = None
+
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".mov")
+
+
+class VideoError(ValueError):
+    """A video that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+
+class DecordReader:
+    backend = "decord"
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+            n, fps = len(self._vr), float(self._vr.get_avg_fps())
+            h, w = self._vr[0].shape[:2] if n else (0, 0)
+        except Exception as e:  # decord raises its own DECORDError / RuntimeError
+            raise VideoError(f"{path}: cannot be opened as a video: not a video file, or truncated or corrupt "
+                             f"(decord: {_short(e)})") from None
+        self.info = VideoInfo(n, fps, w, h)
+
+    def frames(self, indices: list[int]) -> np.ndarray:
+        try:
+            return self._vr.get_batch(list(indices)).asnumpy()
+        except Exception as e:
+            raise VideoError(
+                f"{self.path}: frames {indices[0]}..{indices[-1]} cannot be decoded ({_short(e)})") from None
+
+
+class PyAVReader:
+    """Sequential PyAV decoder: slower than decord's random access, but everywhere."""
+
+    backend = "pyav"
+
+    def __init__(self, path: Path):
+        import av
+
+        self.path = path
+        try:
+            with av.open(str(path)) as c:
+                if not c.streams.video:
+                    raise VideoError(f"{path}: has no video stream")
+                s = c.streams.video[0]
+                fps = float(s.average_rate or s.guessed_rate or 0)
+                n = s.frames or int(round(float(c.duration or 0) / 1e6 * fps))
+                w, h = s.codec_context.width, s.codec_context.height
+        except VideoError:
+            raise
+        except Exception as e:
+            raise VideoError(f"{path}: cannot be opened as a video: not a video file, or truncated or corrupt "
+                             f"(PyAV: {_short(e)})") from None
+        self.info = VideoInfo(n, fps, w, h)
+
+    def frames(self, indices: list[int]) -> np.ndarray:
+        import av
+
+        wanted = sorted(set(indices))
+        got = {}
+        try:
+            with av.open(str(self.path)) as c:
+                for i, frame in enumerate(c.decode(video=0)):
+                    if i in wanted:
+                        got[i] = frame.to_ndarray(format="rgb24")
+                    if i >= wanted[-1]:
+                        break
+        except Exception as e:
+            raise VideoError(
+                f"{self.path}: frames {indices[0]}..{indices[-1]} cannot be decoded ({_short(e)})") from None
+        missing = [i for i in wanted if i not in got]
+        if missing:
+            raise VideoError(f"{self.path}: frames {missing[0]}..{missing[-1]} are missing (truncated video?)")
+        return np.stack([got[i] for i in indices])
+
+
+def _short(e: Exception) -> str:
+    """The first line of a decoder's message, without decord's '[12:00:00] /src/file.cc:42: ' prefixes."""
+    msg = str(e).strip().splitlines()
+    msg = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", msg[0]) if msg else type(e).__name__
+    return msg[:200]
+
+
+def open_video(path: Path, backend: str = "auto"):
+    """Open ``path`` with decord (``auto`` when installed) or PyAV."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise VideoError(f"{path}: file is empty (0 bytes)")
+    reader = DecordReader(path) if backend == "decord" or (backend == "auto" and decord) else PyAVReader(path)
+    info = reader.info
+    if info.num_frames <= 0 or info.fps <= 0 or info.width <= 0:
+        raise VideoError(f"{path}: no decodable frames (frames={info.num_frames}, fps={info.fps})")
+    return reader
+
+
+def sample_indices(start: float, end: float, num: int, info: VideoInfo) -> list[int]:
+    """``num`` frame indices at the centres of ``num`` equal parts of ``[start, end)``."""
+    step = (end - start) / num
+    return [min(int((start + (k + 0.5) * step) * info.fps), info.num_frames - 1) for k in range(num)]
+
+
+def resize_crop(frame: np.ndarray, size: int) -> Image.Image:
+    """Resize the short side to ``size`` (bilinear, antialiased) and centre-crop a square."""
+    img = Image.fromarray(frame)
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def encode_jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
