@@ -36,7 +36,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import webdataset as wds
 from tqdm import tqdm
 
 from .clips import BuildOptions, process
@@ -65,6 +64,8 @@ class SplitWriter:
         if self.tar is not None and self.bytes + size > self.opts.max_bytes:
             self.close()
         if self.tar is None:
+            import webdataset as wds  # here, not at the top: it imports torch, which spawned workers don't need
+
             self.tmp = self.out / f"{self.split}-{self.shard:06d}.tar.tmp"
             self.stream = open(self.tmp, "wb")
             self.tar = wds.TarWriter(self.stream, encoder=False, mtime=0)  # mtime=0: byte-identical reruns

@@ -1,0 +1,46 @@
+"""Loader throughput: clips/s from shards (T=8, S=224) / plain JPEG decoding of the same frames.
+
+    python bench/bench_loader.py [--clips 64]
+
+Both sides decode the same JPEG bytes with the same decoder in one process; the
+baseline has the bytes in memory already, ours reads the tar shards, groups,
+checks and decodes members and builds tensors. Goal: ratio >= 0.85.
+"""
+import argparse
+import shutil
+import tarfile
+
+from common import best_of, make_world, report
+
+from videomask import build, data
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--clips", type=int, default=64)
+    a = p.parse_args()
+    w = make_world(a.clips)
+    shards = w / "shards"
+    build.build(w / "target.jsonl", shards, build.BuildOptions(frames=8, size=224, clip_seconds=6, max_samples=32),
+                workers=2, progress=False)
+    jpegs = []
+    for path in sorted(shards.glob("*.tar")):
+        with tarfile.open(path) as t:
+            jpegs += [t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".jpg")]
+    n_clips = len(jpegs) // 8
+
+    def ours():
+        n = sum(1 for _ in data.dataset(shards, handler=data.ErrorCounter(strict=True)))
+        assert n == n_clips
+
+    def baseline():
+        for b in jpegs:
+            data.decode_jpeg(b)
+
+    t_ours, t_base = best_of(ours, baseline)
+    report("loader clips/s", n_clips / t_ours, n_clips / t_base, "clips/s", "goal >= 0.85")
+    shutil.rmtree(w)
+
+
+if __name__ == "__main__":
+    main()
