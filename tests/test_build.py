@@ -301,3 +301,18 @@ def test_cli_help_and_wrapper():
     r = subprocess.run(["bash", "data_prep/build_shards.sh", "--help"], capture_output=True, text=True,
                        cwd=Path(__file__).parents[1])
     assert r.returncode == 0 and "--workers" in r.stdout and "errors.jsonl" in r.stdout
+
+
+def test_pyav_backend_decodes_the_same_frames(tiny_world, tmp_path):
+    from videomask.video import DecordReader, PyAVReader
+
+    video = next((tiny_world / "target").glob("*.mp4"))
+    idx = [0, 5, 13, 23]
+    assert (PyAVReader(video).frames(idx) == DecordReader(video).frames(idx)).all()
+    opts = BuildOptions(frames=3, size=48, clip_seconds=3.0)
+    build.build(tiny_world / "general.jsonl", tmp_path / "decord", opts, progress=False)
+    build.build(tiny_world / "general.jsonl", tmp_path / "pyav", BuildOptions(**{**opts.__dict__, "backend": "pyav"}),
+                progress=False)
+    a, b = samples_of(tmp_path / "decord"), samples_of(tmp_path / "pyav")
+    assert [s["key"] for s in a] == [s["key"] for s in b]
+    assert all((x["frames"] == y["frames"]).all() for x, y in zip(a, b))

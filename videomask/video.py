@@ -61,7 +61,8 @@ class DecordReader:
 
 
 class PyAVReader:
-    """Sequential PyAV decoder: slower than decord's random access, but everywhere."""
+    """PyAV decoder: seeks to the key frame before the first wanted frame, then decodes forward.
+    Slower than decord's random access, but everywhere, single-threaded and deterministic."""
 
     backend = "pyav"
 
@@ -87,22 +88,57 @@ class PyAVReader:
     def frames(self, indices: list[int]) -> np.ndarray:
         import av
 
-        wanted = sorted(set(indices))
-        got = {}
+        wanted, got = set(indices), {}
         try:
             with av.open(str(self.path)) as c:
-                for i, frame in enumerate(c.decode(video=0)):
+                s = c.streams.video[0]
+                s.codec_context.thread_count = 1  # frame threads report errors out of order
+                t0 = s.start_time or 0
+                c.seek(t0 + int(min(indices) / self.info.fps / s.time_base), stream=s, backward=True)
+                for frame in c.decode(s):
+                    i = round(float((frame.pts - t0) * s.time_base) * self.info.fps)
                     if i in wanted:
                         got[i] = frame.to_ndarray(format="rgb24")
-                    if i >= wanted[-1]:
+                    if i >= max(indices):
                         break
         except Exception as e:
             raise VideoError(
                 f"{self.path}: frames {indices[0]}..{indices[-1]} cannot be decoded ({_short(e)})") from None
-        missing = [i for i in wanted if i not in got]
+        missing = sorted(wanted - set(got))
         if missing:
             raise VideoError(f"{self.path}: frames {missing[0]}..{missing[-1]} are missing (truncated video?)")
         return np.stack([got[i] for i in indices])
+
+
+class FallbackReader:
+    """decord, and PyAV for whatever decord fails on.
+
+    decord's read-ahead thread makes its errors on damaged files racy: the same clip
+    decodes in one run and fails in the next. A clip that decord cannot decode is
+    decoded again with PyAV, so the outcome depends on the file alone and the
+    shards stay identical from run to run.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.primary = DecordReader(path)
+        except VideoError as e:
+            try:
+                self.primary = PyAVReader(path)
+            except VideoError:
+                raise e from None
+        self.info, self.backend = self.primary.info, self.primary.backend
+        self.fallback = None
+
+    def frames(self, indices: list[int]) -> np.ndarray:
+        try:
+            return self.primary.frames(indices)
+        except VideoError:
+            if self.primary.backend == "pyav":
+                raise
+            self.fallback = self.fallback or PyAVReader(self.path)
+            return self.fallback.frames(indices)
 
 
 def _short(e: Exception) -> str:
@@ -113,12 +149,15 @@ def _short(e: Exception) -> str:
 
 
 def open_video(path: Path, backend: str = "auto"):
-    """Open ``path`` with decord (``auto`` when installed) or PyAV."""
+    """Open ``path`` with ``auto`` (decord where installed, PyAV for what it fails on), ``decord`` or ``pyav``."""
     path = Path(path)
     size = path.stat().st_size
     if size == 0:
         raise VideoError(f"{path}: file is empty (0 bytes)")
-    reader = DecordReader(path) if backend == "decord" or (backend == "auto" and decord) else PyAVReader(path)
+    if backend == "decord" or (backend == "auto" and decord is None):
+        reader = DecordReader(path) if backend == "decord" else PyAVReader(path)
+    else:
+        reader = FallbackReader(path) if backend == "auto" else PyAVReader(path)
     info = reader.info
     if info.num_frames <= 0 or info.fps <= 0 or info.width <= 0:
         raise VideoError(f"{path}: no decodable frames (frames={info.num_frames}, fps={info.fps})")
