@@ -20,6 +20,14 @@ def tiny_world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def text_world(tmp_path_factory):
+    """The default number of clips (its transcripts are what matters), with small frames."""
+    out = tmp_path_factory.mktemp("text_world")
+    world.make_world(out, world.WorldConfig(size=32))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_shards(tiny_world, tmp_path_factory):
     """Shards of both domains: {"general": folder, "target": folder}."""
     root = tmp_path_factory.mktemp("shards")

@@ -23,6 +23,7 @@ import io
 import json
 import re
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,9 @@ def safe_decode(sample: dict) -> dict:
     return out
 
 
-def to_sample(sample: dict) -> dict:
-    """Decoded members -> ``{"key", "frames", "text", "words", "meta", ...arrays}``."""
+def to_sample(sample: dict, frames: bool = True) -> dict:
+    """Decoded members -> ``{"key", "frames", "text", "words", "meta", ...arrays}``.
+    ``frames=False`` leaves the JPEGs undecoded (``frames`` is None): for text-only consumers."""
     meta = sample.get("json")
     if not isinstance(meta, dict):
         raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no .json metadata")
@@ -122,6 +124,8 @@ def to_sample(sample: dict) -> dict:
     if len(frame_names) != expected:
         raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has {len(frame_names)} frames, "
                          f"its metadata lists {expected} (truncated shard?)")
+    if not frames:
+        frame_names = []
     frames = None
     if frame_names:
         first = decode_jpeg(sample[frame_names[0]])
@@ -140,7 +144,7 @@ def to_sample(sample: dict) -> dict:
 
 
 def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle: int = 0, seed: int = 0,
-            handler: ErrorCounter | None = None, split_by_node: bool = True) -> wds.DataPipeline:
+            handler: ErrorCounter | None = None, split_by_node: bool = True, frames: bool = True) -> wds.DataPipeline:
     """The sample pipeline over ``path`` (see ``shard_urls``).
 
     ``resampled=True`` draws shards with replacement forever (multi-node training: every rank
@@ -156,7 +160,7 @@ def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle:
     stages.append(wds.tarfile_to_samples(handler=handler))
     if shuffle:
         stages.append(wds.shuffle(shuffle, seed=seed))  # seeded: the same order on a rerun
-    stages += [wds.map(safe_decode, handler=handler), wds.map(to_sample, handler=handler)]
+    stages += [wds.map(safe_decode, handler=handler), wds.map(partial(to_sample, frames=frames), handler=handler)]
     pipe = wds.DataPipeline(*stages)
     pipe.errors = handler
     return pipe
