@@ -54,3 +54,35 @@ def make_srt(path, cues):
     path.write_text("\n".join(f"{k + 1}\n{world.srt_time(s)} --> {world.srt_time(e)}\n{t}\n"
                               for k, (s, e, t) in enumerate(cues)), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_anchors(tiny_shards, tmp_path_factory):
+    """Anchors of the tiny target shards (min_count 2: the tiny world has few clips)."""
+    import json
+
+    from videomask import anchors
+
+    path = tmp_path_factory.mktemp("anchors") / "anchors.json"
+    path.write_text(json.dumps(anchors.build_anchors([tiny_shards["target"]], "wordfreq:en", k=12, min_count=2)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer(tiny_world, tmp_path_factory):
+    """The tiny CLIP fitted on the tiny world (seconds), saved as local-dir."""
+    from videomask import tiny_clip
+
+    out = tmp_path_factory.mktemp("tiny_clip")
+    tiny_clip.fit(tiny_world, out, image_size=TINY_BUILD.size, steps=120, batch_size=48, lr=2e-3, log_every=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def scored_shards(tiny_shards, tiny_anchors, tiny_scorer, tmp_path_factory):
+    from videomask import score
+
+    out = tmp_path_factory.mktemp("scored") / "target"
+    score.score_shards(tiny_shards["target"], out, tiny_anchors, f"local-dir:{tiny_scorer}", image_prompt="{}",
+                       progress=False)
+    return out

@@ -3,7 +3,11 @@
 Runs every stage of the pipeline on the synthetic clip world, on CPU:
 
 1. ``world``: generate the two domains' videos + transcripts (``videomask.world``);
-2. ``shards``: build WebDataset shards of both domains (``videomask.build``).
+2. ``shards``: build WebDataset shards of both domains (``videomask.build``);
+3. ``anchors``: TF-ICF anchors of the target domain against wordfreq's English (``videomask.anchors``);
+4. ``scorer``: fit the tiny CLIP on the world and save it as ``local-dir:`` (``videomask.tiny_clip``);
+5. ``scores``: score every word and patch of the target shards (``videomask.score``);
+6. ``inspect``: pictures of a scored sample and of the anchors (``videomask.inspect``).
 
 Each stage is skipped when its output is already complete, so rerunning is cheap
 and an interrupted demo continues where it stopped.
@@ -11,14 +15,17 @@ and an interrupted demo continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
-from . import build, world
+from . import anchors, build, inspect, score, tiny_clip, world
 
 #: the demo's frame sampling: one 6 s clip per synthetic video, 8 frames of 128 px
 DEMO_BUILD = build.BuildOptions(frames=8, size=128, clip_seconds=6.0, max_samples=64)
+#: the tiny scorer was fitted on bare words and phrases, not on CLIP's "a photo of a ..." prompts
+DEMO_SCORE = {"image_prompt": "{}", "word_prompt": "{}"}
 
 
 def stage(name: str):
@@ -27,9 +34,10 @@ def stage(name: str):
 
 
 def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = world.WorldConfig(),
-        build_opts: build.BuildOptions = DEMO_BUILD) -> dict:
+        build_opts: build.BuildOptions = DEMO_BUILD, clip_steps: int = 200) -> dict:
     out = Path(out)
-    paths = {"world": out / "world", "shards": out / "shards"}
+    paths = {"world": out / "world", "shards": out / "shards", "anchors": out / "anchors.json",
+             "clip": out / "tiny_clip", "scored": out / "scored" / "target", "pictures": out / "pictures"}
     t = stage("world: synthetic videos + transcripts")
     if not (paths["world"] / "world.json").exists():
         world.make_world(paths["world"], world_cfg)
@@ -39,6 +47,32 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = world.WorldC
         dst = paths["shards"] / domain
         manifest = build.build(paths["world"] / f"{domain}.jsonl", dst, build_opts, workers=workers, progress=False)
         print(build.summary(manifest, dst), f"({time.perf_counter() - t:.1f}s)")
+
+    t = stage("anchors: TF-ICF of the target transcripts against wordfreq:en")
+    result = anchors.build_anchors([paths["shards"] / "target"], "wordfreq:en", k=20)
+    paths["anchors"].write_text(json.dumps(result, indent=1))
+    print(anchors.show(result))
+    found = [w for w in world.PLANTED_WORDS if w in {a["word"] for a in result["anchors"]}]
+    print(f"planted target words recovered: {len(found)}/{len(world.PLANTED_WORDS)} ({time.perf_counter() - t:.1f}s)")
+
+    t = stage("scorer: fit the tiny CLIP on the world (no pretrained weights offline)")
+    if not (paths["clip"] / "open_clip_config.json").exists():
+        tiny_clip.fit(paths["world"], paths["clip"], image_size=build_opts.size, steps=clip_steps)
+    print(f"local-dir:{paths['clip']} ({time.perf_counter() - t:.1f}s)")
+
+    t = stage("scores: every word and patch of the target shards")
+    r = score.score_shards(paths["shards"] / "target", paths["scored"], paths["anchors"], f"local-dir:{paths['clip']}",
+                           progress=False, **DEMO_SCORE)
+    print(f"{sum(s['samples'] for s in r['shards'])} samples scored -> {paths['scored']} "
+          f"({time.perf_counter() - t:.1f}s)")
+
+    t = stage("inspect: what difference-masking will see")
+    paths["pictures"].mkdir(parents=True, exist_ok=True)
+    anchors_json = anchors.load(paths["anchors"])
+    inspect.sample_figure(inspect.find_sample(paths["scored"]), anchors_json).savefig(
+        paths["pictures"] / "sample.png", dpi=110)
+    inspect.anchors_chart(anchors_json).savefig(paths["pictures"] / "anchors.png", dpi=110)
+    print(f"{paths['pictures']}/sample.png, anchors.png ({time.perf_counter() - t:.1f}s)")
     return paths
 
 

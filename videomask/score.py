@@ -1,0 +1,240 @@
+"""Score every transcript word and every frame patch against the anchors; write scored shards.
+
+    python -m videomask.score SHARDS OUT --anchors anchors.json --clip ViT-B-32 --pretrained laion2b_s34b_b79k
+    python -m videomask.score SHARDS OUT --anchors anchors.json --clip local-dir:PATH
+
+Each output shard holds the input's samples, unchanged, plus:
+
+- in ``KEY.json``: ``word_scores`` (one float per entry of ``words``: the words'
+  character offsets stay tokenizer-independent) and ``scores`` (anchors hash, CLIP
+  identity, aggregation, prompts, grid): what training checks against its config;
+- ``KEY.patch_scores.npy``: float16 ``[T, gh, gw]``, one score per CLIP patch of
+  each frame (absent for text-only samples).
+
+Word score = aggregation (``max``; ``mean``, ``min``) over anchors of the cosine
+between the word's CLIP text embedding (each word embedded alone, cached) and the
+anchor's. Patch score = the same between the patch's dense CLIP feature (see
+``videomask.clip``) and the anchors embedded with ``--image-prompt``.
+
+Resumable: output shards are written as ``.tmp`` and renamed when complete;
+rerunning skips finished shards. A rerun with other anchors or another model on
+the same OUT is refused (``--overwrite`` starts again); input shards that already
+carry scores are refused unless ``--rescore``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import anchors as anchors_mod
+from .build import _atomic_write, sha256_of
+from .clip import ClipScorer, aggregate
+from .data import FRAME_RE, decode_jpeg
+
+
+class ScoringError(ValueError):
+    pass
+
+
+def read_samples(path: Path):
+    """Raw samples of one shard, in order: ``(key, [(member suffix, bytes), ...])``."""
+    samples, current, key = [], None, None
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if not m.isreg():
+                continue
+            k, _, suffix = m.name.partition(".")
+            if k != key:
+                key, current = k, []
+                samples.append((k, current))
+            current.append((suffix, tar.extractfile(m).read()))
+    return samples
+
+
+def write_tar(path: Path, samples):
+    """Write ``(key, members)`` samples as a tar, fsync'ed (mtime 0: reruns are byte-identical)."""
+    import webdataset as wds
+
+    with open(path, "wb") as f:
+        with wds.TarWriter(f, encoder=False, mtime=0) as tar:
+            for key, members in samples:
+                tar.write({"__key__": key, **dict(members)})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Scorer:
+    """Turns raw samples into scored ones, batching frames across samples."""
+
+    def __init__(self, clip: ClipScorer, anchor_words: list[str], anchors_hash: str, aggregation="max",
+                 image_prompt="a photo of a {}.", word_prompt="{}", batch_size=64, rescore=False):
+        self.clip, self.aggregation, self.batch_size, self.rescore = clip, aggregation, batch_size, rescore
+        self.word_prompt = word_prompt
+        self.anchor_words = clip.encode_words(anchor_words, word_prompt)  # [A, D]
+        self.anchor_images = clip.encode_words(anchor_words, image_prompt)  # [A, D]
+        self.info = {"anchors_hash": anchors_hash, "clip": clip.identity, "aggregation": aggregation,
+                     "word_prompt": word_prompt, "image_prompt": image_prompt, "dense": clip.dense_mode,
+                     "grid": [clip.grid, clip.grid]}
+
+    def word_scores(self, words: list[dict]) -> list[float]:
+        if not words:
+            return []
+        emb = self.clip.encode_words([w["w"] for w in words], self.word_prompt)
+        return [round(float(s), 4) for s in aggregate(emb @ self.anchor_words.T, self.aggregation)]
+
+    def patch_scores(self, frames: torch.Tensor) -> np.ndarray:
+        """uint8 [N, 3, S, S] -> float16 [N, gh, gw]."""
+        out = []
+        for i in range(0, len(frames), self.batch_size):
+            feats = self.clip.dense(frames[i:i + self.batch_size])  # [n, g, g, D]
+            out.append(aggregate(feats @ self.anchor_images.T.to(feats.device), self.aggregation).cpu())
+        return torch.cat(out).numpy().astype(np.float16)
+
+    def score(self, shard: Path, samples, errors: list):
+        """Score the raw samples of one shard; a sample that cannot be scored goes to ``errors``."""
+        metas, frames, spans = [], [], []
+        for key, members in samples:
+            d = dict(members)
+            try:
+                meta = json.loads(d["json"])
+                if "scores" in meta and not self.rescore:
+                    raise ScoringError(f"{shard}: sample {key} is already scored (anchors {meta['scores'].get('anchors_hash')}"
+                                       "); pass --rescore to replace its scores")
+                names = sorted((s for s in d if FRAME_RE.match(s)), key=lambda s: int(FRAME_RE.match(s).group(1)))
+                arr = [decode_jpeg(d[n]) for n in names]
+            except ScoringError:
+                raise
+            except Exception as e:  # a corrupt JPEG or JSON: reported, never silently dropped
+                errors.append({"source": str(shard), "key": key, "stage": "score", "reason": f"{type(e).__name__}: {e}"})
+                continue
+            metas.append((key, members, meta))
+            spans.append((len(frames), len(frames) + len(arr)))
+            frames += arr
+        grid = (self.patch_scores(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2))
+                if frames else np.zeros((0, 1, 1), np.float16))
+        out = []
+        for (key, members, meta), (a, b) in zip(metas, spans):
+            meta["word_scores"] = self.word_scores(meta.get("words", []))
+            meta["scores"] = self.info
+            kept = [(s, v) for s, v in members if s not in ("json", "patch_scores.npy")]
+            kept.append(("json", json.dumps(meta).encode()))
+            if b > a:
+                buf = io.BytesIO()
+                np.save(buf, grid[a:b], allow_pickle=False)
+                kept.append(("patch_scores.npy", buf.getvalue()))
+            out.append((key, kept))
+        return out
+
+
+def score_shards(src: Path, out: Path, anchors_path: Path, clip: str, pretrained: str | None = None,
+                 aggregation: str = "max", image_prompt: str = "a photo of a {}.", word_prompt: str = "{}",
+                 batch_size: int = 64, device: str = "auto", rescore: bool = False, overwrite: bool = False,
+                 progress: bool = True) -> dict:
+    src, out = Path(src), Path(out)
+    manifest_path = src / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{src}: no manifest.json (is this a folder of videomask shards?)")
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest["shards"]:
+        raise ScoringError(f"{src}: the manifest lists no shards")
+    anchors = anchors_mod.load(anchors_path)
+    words = [a["word"] for a in anchors["anchors"]]
+    if aggregation not in ("max", "mean", "min"):
+        raise ScoringError(f"unknown aggregation {aggregation!r}: choose max, mean or min")
+    if out.resolve() == src.resolve():
+        raise ScoringError("OUT must differ from SHARDS: scored shards are written next to, not over, the input")
+    scorer = Scorer(ClipScorer(clip, pretrained, device), words, anchors["hash"], aggregation, image_prompt,
+                    word_prompt, batch_size, rescore)
+    state_id = {**scorer.info, "input": str(src.resolve()), "input_shards": [s["sha256"] for s in manifest["shards"]]}
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / ".score.json"
+    if state_path.exists():
+        old = json.loads(state_path.read_text())
+        if old != state_id:
+            diff = sorted(k for k in set(old) | set(state_id) if old.get(k) != state_id.get(k))
+            raise ScoringError(f"{out} holds scores made with other settings ({', '.join(diff)} differ: another "
+                               "anchors file or CLIP model?); pass --overwrite to score again")
+    else:
+        _atomic_write(state_path, json.dumps(state_id, indent=1))
+    for tmp in out.glob("*.tar.tmp"):
+        tmp.unlink()
+    errors_path = out / ".score-errors.jsonl"
+    done_errors = [json.loads(x) for x in errors_path.read_text().splitlines()] if errors_path.exists() else []
+    done_keys = {(e["source"], e["key"]) for e in done_errors}
+    bar = tqdm(total=sum(s["samples"] for s in manifest["shards"]), disable=not progress, desc="score", unit="sample")
+    shards = []
+    for s in manifest["shards"]:
+        dst = out / s["name"]
+        if dst.exists():  # finished in an earlier run: the rename happens only after a complete write
+            bar.update(s["samples"])
+        else:
+            errors = []
+            scored = scorer.score(src / s["name"], read_samples(src / s["name"]), errors)
+            write_tar(dst.with_name(dst.name + ".tmp"), scored)
+            with open(errors_path, "a") as f:
+                for e in errors:
+                    if (e["source"], e["key"]) not in done_keys:
+                        f.write(json.dumps(e) + "\n")
+            os.replace(dst.with_name(dst.name + ".tmp"), dst)
+            bar.update(s["samples"])
+        shards.append({**s, "samples": s["samples"], "bytes": dst.stat().st_size, "sha256": sha256_of(dst)})
+    bar.close()
+    errors = [json.loads(x) for x in errors_path.read_text().splitlines()] if errors_path.exists() else []
+    for s in shards:
+        s["samples"] -= sum(1 for e in errors if Path(e["source"]).name == s["name"])
+    splits = {}
+    for s in shards:
+        d = splits.setdefault(s["split"], {"samples": 0, "shards": 0})
+        d["samples"] += s["samples"]
+        d["shards"] += 1
+    result = {**manifest, "shards": shards, "splits": splits, "scores": scorer.info, "scored_from": str(src),
+              "score_errors": len(errors), "anchors": words}
+    _atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
+    _atomic_write(out / "manifest.json", json.dumps(result, indent=1))
+    cache = scorer.clip
+    result["word_cache"] = {"hits": cache.cache_hits, "misses": cache.cache_misses}
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m videomask.score", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("shards", type=Path, help="a folder of shards with manifest.json (videomask.build's output)")
+    p.add_argument("out", type=Path, help="folder for the scored shards")
+    p.add_argument("--anchors", type=Path, required=True, help="anchors.json from python -m videomask.anchors")
+    p.add_argument("--clip", required=True, help="open_clip model name (ViT-B-32) or local-dir:PATH")
+    p.add_argument("--pretrained", default=None, help="pretrained tag (laion2b_s34b_b79k) or checkpoint path")
+    p.add_argument("--aggregation", default="max", choices=["max", "mean", "min"], help="over anchors (default: max)")
+    p.add_argument("--image-prompt", default="a photo of a {}.", help="anchor prompt against patches")
+    p.add_argument("--word-prompt", default="{}", help="prompt for words and anchors in word scores")
+    p.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward pass")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--rescore", action="store_true", help="replace scores already in the input shards")
+    p.add_argument("--overwrite", action="store_true", help="delete OUT and score again")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        r = score_shards(a.shards, a.out, a.anchors, a.clip, a.pretrained, a.aggregation, a.image_prompt,
+                         a.word_prompt, a.batch_size, a.device, a.rescore, a.overwrite, progress=not a.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = sum(s["samples"] for s in r["shards"])
+    print(f"{n} samples scored ({r['score_errors']} could not be: see errors.jsonl) -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
