@@ -136,7 +136,7 @@ class Scorer:
         return out
 
 
-def score_shards(src: Path, out: Path, anchors_path: Path, clip: str, pretrained: str | None = None,
+def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScorer, pretrained: str | None = None,
                  aggregation: str = "max", image_prompt: str = "a photo of a {}.", word_prompt: str = "{}",
                  batch_size: int = 64, device: str = "auto", rescore: bool = False, overwrite: bool = False,
                  progress: bool = True) -> dict:
@@ -153,7 +153,9 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str, pretrained
         raise ScoringError(f"unknown aggregation {aggregation!r}: choose max, mean or min")
     if out.resolve() == src.resolve():
         raise ScoringError("OUT must differ from SHARDS: scored shards are written next to, not over, the input")
-    scorer = Scorer(ClipScorer(clip, pretrained, device), words, anchors["hash"], aggregation, image_prompt,
+    if not isinstance(clip, ClipScorer):  # a loaded model may be passed in, to score several folders with it
+        clip = ClipScorer(clip, pretrained, device)
+    scorer = Scorer(clip, words, anchors["hash"], aggregation, image_prompt,
                     word_prompt, batch_size, rescore)
     state_id = {**scorer.info, "input": str(src.resolve()), "input_shards": [s["sha256"] for s in manifest["shards"]]}
     if overwrite and out.exists():

@@ -1,0 +1,69 @@
+"""Scoring throughput.
+
+    python bench/bench_score.py [--clips 8 --model ViT-B-32]
+
+1. frames/s of the scoring stage (read shards, decode JPEG, dense CLIP features,
+   patch and word scores, write shards) / a plain open_clip ``encode_image`` loop
+   over the same frames, already decoded, with the same model and batch size.
+   Goal: ratio >= 0.9. The model has the real architecture with random weights
+   (throughput does not depend on the weights; nothing is downloaded).
+2. words/s of word scoring on the world's transcripts, cold cache and warm cache.
+"""
+import argparse
+import json
+import shutil
+import logging
+import time
+
+import torch
+from common import best_of, make_world, report
+
+from videomask import anchors, build, data, score
+from videomask.clip import ClipScorer
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--clips", type=int, default=8)
+    p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--batch-size", type=int, default=64)
+    a = p.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)  # "no pretrained weights": on purpose here
+    w = make_world(a.clips)
+    build.build(w / "target.jsonl", w / "shards", build.BuildOptions(frames=8, size=224, clip_seconds=6), progress=False)
+    (w / "anchors.json").write_text(json.dumps(anchors.build_anchors([w / "shards"], "wordfreq:en", min_count=1)))
+    frames = torch.cat([s["frames"] for s in data.dataset(w / "shards")])
+    clip = ClipScorer(a.model)
+
+    def ours():
+        score.score_shards(w / "shards", w / "scored", w / "anchors.json", clip, batch_size=a.batch_size,
+                           overwrite=True, progress=False)
+
+    @torch.inference_mode()
+    def baseline():
+        for i in range(0, len(frames), a.batch_size):
+            clip.model.encode_image(clip.preprocess(frames[i:i + a.batch_size]))
+
+    t_ours, t_base = best_of(ours, baseline, repeats=3)
+    n = len(frames)
+    report(f"scoring frames/s ({a.model}, {n} frames)", n / t_ours, n / t_base, "frames/s", "goal >= 0.9")
+
+    big = make_world(96)  # the demo's transcripts: a realistic vocabulary of a few dozen words
+    build.build(big / "target.jsonl", big / "shards", build.BuildOptions(frames=1, size=32, clip_seconds=6),
+                progress=False)
+    words = [x["w"] for s in data.dataset(big / "shards", frames=False) for x in s["words"]]
+    cold = ClipScorer(a.model)
+    t = time.perf_counter()
+    cold.encode_words(words)
+    t_cold = time.perf_counter() - t
+    t = time.perf_counter()
+    cold.encode_words(words)
+    t_warm = time.perf_counter() - t
+    print(f"word scoring: {len(words)} words ({len({x.lower() for x in words})} distinct): cold cache "
+          f"{len(words) / t_cold:.0f} words/s, warm cache {len(words) / t_warm:.0f} words/s")
+    shutil.rmtree(w)
+    shutil.rmtree(big)
+
+
+if __name__ == "__main__":
+    main()
