@@ -1,0 +1,183 @@
+"""Invariants of every masking strategy (property-based), and statistics of difference-masking."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from videomask import masking
+from videomask.masking import MaskingError, select
+
+FLAT = ["random", "difference", "inverse_difference", "span"]
+WHOLE = ["whole_word", "pmi"]
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+@st.composite
+def batches(draw, max_b=4, max_n=40):
+    """(scores, valid, word_ids, words, ratio, seed): rows with distinct scores and a few words."""
+    b, n = draw(st.integers(1, max_b)), draw(st.integers(4, max_n))
+    seed = draw(st.integers(0, 2 ** 31))
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(b, n, generator=g)
+    lengths = [draw(st.integers(4, n)) for _ in range(b)]
+    valid = torch.zeros(b, n, dtype=torch.bool)
+    for i, k in enumerate(lengths):
+        valid[i, 1:k] = True  # position 0 plays the [CLS] token; the tail is padding
+    word_ids = torch.full((b, n), -1, dtype=torch.long)
+    words = []
+    for i in range(b):
+        w, pos = 0, 1
+        while pos < lengths[i]:
+            span = int(torch.randint(1, 4, (1,), generator=g))  # words of 1-3 sub-tokens
+            word_ids[i, pos:min(pos + span, lengths[i])] = w
+            pos, w = pos + span, w + 1
+        words.append([f"w{j % 5}" for j in range(w)])
+    ratio = draw(st.floats(0.15, 0.85))
+    valid_n = valid.sum(1)
+    if any(round(ratio * int(k)) == 0 for k in valid_n):
+        ratio = 0.5
+    return scores, valid, word_ids, words, ratio, seed
+
+
+def gens(seed, b):
+    return [torch.Generator().manual_seed(seed + i) for i in range(b)]
+
+
+def run(name, scores, valid, word_ids, words, ratio, seed, **kw):
+    params = {"word_ids": word_ids, "words": words, "ngrams": {("w0", "w1"), ("w2", "w3", "w4")}, **kw}
+    return select(name, scores, valid, ratio, gens(seed, valid.shape[0]), **params)
+
+
+@SETTINGS
+@given(batches(), st.sampled_from(FLAT + WHOLE), st.sampled_from(["topk", "rank"]), st.floats(0, 1))
+def test_budget_validity_determinism(batch, name, mode, alpha):
+    scores, valid, word_ids, words, ratio, seed = batch
+    m = run(name, scores, valid, word_ids, words, ratio, seed, mode=mode, alpha=alpha)
+    budget = torch.tensor([round(ratio * int(k)) for k in valid.sum(1)])
+    assert not (m & ~valid).any()  # never special tokens or padding
+    if name in WHOLE:
+        assert (m.sum(1) <= budget).all() and (m.sum(1) >= budget - 2).all()  # words of <= 3 sub-tokens
+        for b in range(m.shape[0]):  # whole words: all sub-tokens of a word or none
+            for w in word_ids[b][word_ids[b] >= 0].unique():
+                assert m[b][word_ids[b] == w].unique().numel() == 1
+    else:
+        assert torch.equal(m.sum(1), budget)  # exact budget
+    again = run(name, scores, valid, word_ids, words, ratio, seed, mode=mode, alpha=alpha)
+    assert torch.equal(m, again)  # a function of the generator
+    # a row's mask depends on its own generator only, not on the rest of the batch
+    alone = run(name, scores[:1], valid[:1], word_ids[:1], words[:1], ratio, seed, mode=mode, alpha=alpha)
+    assert torch.equal(alone[0], m[0])
+
+
+@SETTINGS
+@given(batches())
+def test_alpha_one_takes_exactly_the_top_scores(batch):
+    scores, valid, word_ids, words, ratio, seed = batch
+    m = run("difference", scores, valid, word_ids, words, ratio, seed, alpha=1.0, mode="topk")
+    for b in range(m.shape[0]):
+        k = int(m[b].sum())
+        top = scores[b].masked_fill(~valid[b], -1).topk(k).indices
+        assert set(top.tolist()) == set(m[b].nonzero().flatten().tolist())
+    inv = run("inverse_difference", scores, valid, word_ids, words, ratio, seed, alpha=1.0, mode="topk")
+    for b in range(m.shape[0]):
+        bottom = scores[b].masked_fill(~valid[b], 2).topk(int(inv[b].sum()), largest=False).indices
+        assert set(bottom.tolist()) == set(inv[b].nonzero().flatten().tolist())
+
+
+@SETTINGS
+@given(batches())
+def test_alpha_zero_is_random_masking(batch):
+    scores, valid, word_ids, words, ratio, seed = batch
+    diff = run("difference", scores, valid, word_ids, words, ratio, seed, alpha=0.0, mode="topk")
+    assert torch.equal(diff, run("random", None, valid, word_ids, words, ratio, seed))
+
+
+def _frequencies(name, scores, valid, trials, **kw):
+    counts = torch.zeros(scores.shape[1])
+    for seed in range(trials):
+        counts += select(name, scores, valid, 0.25, torch.Generator().manual_seed(seed), **kw)[0].float()
+    return counts
+
+
+def test_statistics_alpha_zero_matches_random_and_rank_mode_prefers_high_scores():
+    n, trials = 20, 2000
+    scores = torch.linspace(1, 0, n)[None]  # strongly ordered scores
+    valid = torch.ones(1, n, dtype=torch.bool)
+    expected = trials * 5 / n  # 5 of 20 masked per draw
+    for mode in ("topk", "rank"):
+        freq = _frequencies("difference", scores, valid, trials, alpha=0.0, mode=mode)
+        chi2 = float(((freq - expected) ** 2 / expected).sum())
+        assert chi2 < 43.8, (mode, chi2)  # chi-square, 19 degrees of freedom, p = 0.001: uniform like random
+    rand = _frequencies("random", scores, valid, trials)
+    assert float(((rand - expected) ** 2 / expected).sum()) < 43.8
+    ranked = _frequencies("difference", scores, valid, trials, alpha=1.0, mode="rank")
+    # rank weights N - r: the top unit is masked far more often than the bottom one, monotone on average
+    assert ranked[0] > 3 * ranked[-1] and ranked[:5].sum() > ranked[-5:].sum() * 2
+    half = _frequencies("difference", scores, valid, trials, alpha=0.5, mode="rank")
+    assert rand[:5].sum() < half[:5].sum() < ranked[:5].sum()
+
+
+@st.composite
+def videos(draw):
+    b, t, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(2, 6)), draw(st.integers(2, 6))
+    valid = torch.ones(b, t, h, w, dtype=torch.bool)
+    ratio = draw(st.floats(0.2, 0.8))
+    return valid, ratio, draw(st.integers(0, 2 ** 31))
+
+
+@SETTINGS
+@given(videos(), st.sampled_from(["tube", "block", "random", "difference"]))
+def test_video_strategies(video, name):
+    valid, ratio, seed = video
+    scores = torch.rand(valid.shape, generator=torch.Generator().manual_seed(seed))
+    m = select(name, scores, valid, ratio, gens(seed, valid.shape[0]), alpha=0.5, mode="topk")
+    assert m.shape == valid.shape
+    b, t, h, w = valid.shape
+    if name == "tube":
+        assert (m == m[:, :1]).all()  # the same spatial pattern in every frame
+        assert (m[:, 0].flatten(1).sum(1) == round(ratio * h * w)).all()
+    else:
+        assert (m.flatten(1).sum(1) == round(ratio * t * h * w)).all()
+    assert torch.equal(m, select(name, scores, valid, ratio, gens(seed, b), alpha=0.5, mode="topk"))
+
+
+def test_block_masks_are_contiguous_blocks():
+    valid = torch.ones(1, 1, 14, 14, dtype=torch.bool)
+    m = select("block", None, valid, 0.25, torch.Generator().manual_seed(0))[0, 0]
+    # far fewer connected boundaries than a random mask of the same size: the mask is made of blocks
+    edges = lambda x: int((x[1:] != x[:-1]).sum() + (x[:, 1:] != x[:, :-1]).sum())  # noqa: E731
+    r = select("random", None, valid, 0.25, torch.Generator().manual_seed(0))[0, 0]
+    assert edges(m) < edges(r) / 2
+
+
+def test_span_lengths_are_geometric():
+    valid = torch.ones(1, 400, dtype=torch.bool)
+    m = select("span", None, valid, 0.15, torch.Generator().manual_seed(0), p=0.2)[0].int().tolist()
+    runs = [len(r) for r in "".join(map(str, m)).split("0") if r]
+    assert sum(runs) == 60 and 2.5 < sum(runs) / len(runs) < 10  # mean span ~ 1/p = 5, clipped at 10
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(ratio=0.0), r"ratio must be in \(0, 1\)"),
+    (dict(ratio=1.0), r"ratio must be in \(0, 1\)"),
+    (dict(alpha=1.5), r"alpha must be in \[0, 1\]"),
+    (dict(scores=None), "needs scores; run `python -m videomask.score`"),
+    (dict(scores=torch.tensor([[0.1, float("nan"), 0.3, 0.4, 0.5]])), "NaN"),
+    (dict(valid=torch.tensor([[True, True, False, False, False]]), ratio=0.2), "masks none of them"),
+    (dict(name="nope"), "unknown masking strategy 'nope'"),
+    (dict(name="tube"), r"valid must be \[B, T, H, W\]"),
+])
+def test_bad_input(kwargs, match):
+    args = dict(name="difference", scores=torch.rand(1, 5), valid=torch.ones(1, 5, dtype=torch.bool), ratio=0.3,
+                alpha=1.0)
+    args.update(kwargs)
+    with pytest.raises(MaskingError, match=match):
+        select(args.pop("name"), args.pop("scores"), args.pop("valid"), args.pop("ratio"),
+               torch.Generator().manual_seed(0), **args)
+
+
+def test_registry_lists_the_paper_strategies():
+    assert set(masking.STRATEGIES) == {"random", "difference", "inverse_difference", "whole_word", "span", "pmi",
+                                       "tube", "block"}
+    assert masking.NEEDS_SCORES == {"difference", "inverse_difference"}

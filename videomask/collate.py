@@ -1,0 +1,228 @@
+"""Collate scored samples into masked batches: tokenise, map word scores to tokens, mask, 80/10/10.
+
+    collate = MaskingCollator(tokenizer, MaskingConfig(strategy="difference"), patch_grid=(7, 7))
+    batch = collate([sample, ...])  # samples as videomask.data yields them
+
+``batch``: ``input_ids`` / ``attention_mask`` / ``labels`` (-100 wherever a token is not
+masked) / ``text_mask`` ``[B, L]``; for video samples also ``frames`` uint8
+``[B, T, 3, S, S]``, ``frame_valid`` ``[B, T]`` and ``patch_mask`` ``[B, T, gh, gw]``
+(True = masked); ``keys``. With ``text_only=True`` only the three keys a Hugging Face
+masked-LM takes, so the collator plugs into ``transformers.Trainer`` as it is.
+
+Word scores are stored per word with character offsets; a fast tokenizer's offset
+mapping gives each token the word it starts in, and the word's score. Tokens outside
+any word (punctuation) rank below every word. Patch scores are resampled from the
+scorer's grid to the model's by area interpolation.
+
+Randomness: every sample gets its own generators, seeded from (run seed, epoch,
+sample key): the same configuration draws the same masks in every run, for any
+worker count or batch composition, and after a resume.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import masking
+
+#: what each strategy means for text and for patches (a text-only strategy masks patches at random)
+PAIRS = {"random": ("random", "random"), "difference": ("difference", "difference"),
+         "inverse_difference": ("inverse_difference", "inverse_difference"), "whole_word": ("whole_word", "random"),
+         "span": ("span", "random"), "pmi": ("pmi", "random"), "tube": ("random", "tube"), "block": ("random", "block")}
+
+
+@dataclass
+class MaskingConfig:
+    strategy: str = "difference"  # a key of PAIRS
+    text_ratio: float = 0.15
+    patch_ratio: float = 0.25
+    alpha: float = 1.0  # difference-masking's share of the budget (1: pure, 0: random)
+    text_mode: str = "rank"  # difference on text: the authors' rank-weighted sampling
+    patch_mode: str = "topk"  # difference on patches: the authors' top-k + uniform fill
+    whole_word: bool = False  # choose words (all their sub-tokens), budget counted in words
+    mask_prob: float = 0.8  # of the chosen tokens: replaced by the mask token ...
+    random_prob: float = 0.1  # ... by a random token; the rest stay unchanged
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.strategy not in PAIRS:
+            raise masking.MaskingError(f"unknown masking strategy {self.strategy!r}; known: {', '.join(PAIRS)}")
+        masking.check_ratio(self.text_ratio, self.alpha)
+        masking.check_ratio(self.patch_ratio)
+        if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1:
+            raise masking.MaskingError(f"mask_prob + random_prob must be in [0, 1], got {self.mask_prob} + "
+                                       f"{self.random_prob}")
+        if self.text_mode not in ("rank", "topk") or self.patch_mode not in ("rank", "topk"):
+            raise masking.MaskingError("text_mode and patch_mode must be 'rank' or 'topk'")
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.strategy in ("difference", "inverse_difference")
+
+
+def sample_generator(seed: int, epoch: int, key: str, stream: str) -> torch.Generator:
+    """A generator that depends only on (run seed, epoch, sample key, stream)."""
+    digest = hashlib.sha256(f"{seed}|{epoch}|{key}|{stream}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def word_ids_from_offsets(offsets: torch.Tensor, words: list[dict]) -> torch.Tensor:
+    """For each token (character span ``offsets[i]``), the index of the word its first character lies
+    in, or -1 (special tokens, padding, punctuation). ``offsets``: long [L, 2]."""
+    ids = torch.full((offsets.shape[0],), -1, dtype=torch.long)
+    if not words:
+        return ids
+    starts = torch.tensor([w["s"] for w in words])
+    ends = torch.tensor([w["e"] for w in words])
+    s, e = offsets[:, 0], offsets[:, 1]
+    j = torch.searchsorted(starts, s.contiguous(), right=True) - 1  # the last word starting at or before the token
+    ok = (e > s) & (j >= 0)
+    j = j.clamp(min=0)
+    ok &= s < ends[j]
+    ids[ok] = j[ok]
+    return ids
+
+
+def resample_grid(scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch scores [T, gh, gw] -> [T, *grid] by area interpolation (averages when shrinking)."""
+    scores = scores.float()
+    if tuple(scores.shape[-2:]) == tuple(grid):
+        return scores
+    return F.interpolate(scores[:, None], size=grid, mode="area")[:, 0]
+
+
+def apply_mlm(input_ids, mask, tokenizer, generators, mask_prob=0.8, random_prob=0.1):
+    """BERT's rule on the chosen tokens: ``mask_prob`` -> mask token, ``random_prob`` -> a random
+    token, the rest unchanged. Returns (inputs, labels) with labels -100 off the mask."""
+    labels = input_ids.masked_fill(~mask, -100)
+    u = masking.uniform(input_ids.shape, generators)
+    rand_tok = torch.stack([torch.randint(len(tokenizer), input_ids.shape[1:], generator=g) for g in generators])
+    inputs = input_ids.clone()
+    inputs[mask & (u < mask_prob)] = tokenizer.mask_token_id
+    swap = mask & (u >= mask_prob) & (u < mask_prob + random_prob)
+    inputs[swap] = rand_tok[swap]
+    return inputs, labels
+
+
+class MaskingCollator:
+    """See the module docstring. ``patch_grid``: the model's (gh, gw); default: the stored grid."""
+
+    def __init__(self, tokenizer, config: MaskingConfig = MaskingConfig(), max_length: int = 128,
+                 patch_grid: tuple[int, int] | None = None, anchors_hash: str | None = None, ngrams=None,
+                 text_only: bool = False, epoch: int = 0):
+        if tokenizer.mask_token is None:
+            raise masking.MaskingError(f"tokenizer {tokenizer.name_or_path!r} has no mask token: it cannot be "
+                                       "used for masked-token prediction")
+        if not tokenizer.is_fast:
+            raise masking.MaskingError(f"tokenizer {tokenizer.name_or_path!r} is not a fast tokenizer: word scores "
+                                       "are mapped to tokens through offset mappings, which only fast ones give")
+        self.tokenizer, self.config, self.max_length = tokenizer, config, max_length
+        self.patch_grid, self.anchors_hash, self.text_only, self.epoch = patch_grid, anchors_hash, text_only, epoch
+        self.ngrams = ngrams
+        self.text_strategy, self.patch_strategy = PAIRS[config.strategy]
+        if self.text_strategy == "pmi" and ngrams is None:
+            raise masking.MaskingError("strategy 'pmi' needs an n-gram vocabulary: python -m videomask.pmi CORPUS")
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def _check(self, s: dict):
+        meta = s.get("meta", {})
+        if self.anchors_hash is not None and "scores" in meta and meta["scores"].get("anchors_hash") != self.anchors_hash:
+            raise masking.MaskingError(
+                f"sample {s['key']} was scored with anchors {meta['scores'].get('anchors_hash')}, but the "
+                f"configured anchors are {self.anchors_hash}: rescore the shards with these anchors")
+        if self.config.needs_scores and ("word_scores" not in meta or (s.get("frames") is not None and
+                                                                        s.get("patch_scores") is None)):
+            raise masking.MaskingError(
+                f"strategy {self.config.strategy!r} needs scores, and sample {s['key']} has none: run "
+                "`python -m videomask.score SHARDS OUT --anchors anchors.json --clip ...` and train on OUT")
+
+    def _gens(self, samples, stream):
+        return [sample_generator(self.config.seed, self.epoch, s["key"], stream) for s in samples]
+
+    def text(self, samples):
+        cfg = self.config
+        enc = self.tokenizer([s["text"] for s in samples], padding=True, truncation=True, max_length=self.max_length,
+                             return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
+        valid = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()
+        word_ids = torch.stack([word_ids_from_offsets(o, s["words"]) for o, s in zip(enc["offset_mapping"], samples)])
+        word_ids[~valid] = -1
+        gens = self._gens(samples, "text")
+        params = {"alpha": cfg.alpha, "mode": cfg.text_mode, "word_ids": word_ids, "ngrams": self.ngrams,
+                  "words": [[w["w"] for w in s["words"]] for s in samples]}
+        if cfg.whole_word and self.text_strategy != "pmi":
+            # words are the units: a word is kept only if its first token survived truncation
+            n_words = max([len(s["words"]) for s in samples] + [1])
+            w_valid = torch.zeros(len(samples), n_words, dtype=torch.bool)
+            for b in range(len(samples)):
+                w_valid[b, word_ids[b][word_ids[b] >= 0].unique()] = True
+            w_scores = self._word_scores(samples, n_words) if cfg.needs_scores else None
+            w_mask = masking.select(self.text_strategy if self.text_strategy != "whole_word" else "random",
+                                    w_scores, w_valid, cfg.text_ratio, gens, **params)
+            mask = torch.gather(w_mask, 1, word_ids.clamp(min=0)) & (word_ids >= 0)
+        else:
+            scores = None
+            if cfg.needs_scores:
+                w_scores = self._word_scores(samples, max([len(s["words"]) for s in samples] + [1]))
+                scores = torch.gather(w_scores, 1, word_ids.clamp(min=0))
+                floor = w_scores.masked_fill(w_scores.isnan(), float("inf")).min(1, keepdim=True).values - 1
+                scores = torch.where(word_ids >= 0, scores, floor)  # punctuation ranks below every word
+            mask = masking.select(self.text_strategy, scores, valid, cfg.text_ratio, gens, **params)
+        inputs, labels = apply_mlm(enc["input_ids"], mask, self.tokenizer, gens, cfg.mask_prob, cfg.random_prob)
+        return {"input_ids": inputs, "attention_mask": enc["attention_mask"], "labels": labels, "text_mask": mask}
+
+    @staticmethod
+    def _word_scores(samples, n_words):
+        out = torch.zeros(len(samples), n_words)
+        for b, s in enumerate(samples):
+            ws = torch.tensor(s["meta"]["word_scores"], dtype=torch.float)
+            if torch.isnan(ws).any():
+                raise masking.MaskingError(f"sample {s['key']}: its word scores contain NaN")
+            out[b, :len(ws)] = ws
+        return out
+
+    def video(self, samples):
+        cfg = self.config
+        with_frames = [s for s in samples if s.get("frames") is not None]
+        T, _, S, _ = with_frames[0]["frames"].shape
+        stored = with_frames[0]["patch_scores"].shape[-2:] if with_frames[0].get("patch_scores") is not None else None
+        grid = tuple(self.patch_grid or stored or (1, 1))
+        frames = torch.zeros(len(samples), T, 3, S, S, dtype=torch.uint8)
+        frame_valid = torch.zeros(len(samples), T, dtype=torch.bool)
+        scores = torch.zeros(len(samples), T, *grid)
+        for b, s in enumerate(samples):
+            if s.get("frames") is None:
+                continue
+            t = s["frames"].shape[0]
+            if s["frames"].shape[1:] != (3, S, S) or t > T:
+                raise masking.MaskingError(f"sample {s['key']}: frames {tuple(s['frames'].shape)} don't match the "
+                                           f"batch's [{T}, 3, {S}, {S}]")
+            frames[b, :t], frame_valid[b, :t] = s["frames"], True
+            if cfg.needs_scores:
+                ps = torch.from_numpy(s["patch_scores"].astype("float32"))
+                if torch.isnan(ps).any():
+                    raise masking.MaskingError(f"sample {s['key']}: its patch scores contain NaN")
+                scores[b, :t] = resample_grid(ps, grid)
+        valid = frame_valid[:, :, None, None].expand(-1, -1, *grid)
+        rows = valid.flatten(1).any(1)  # text-only samples of a mixed batch have no patches to mask
+        patch_mask = torch.zeros_like(valid)
+        if rows.any():
+            gens = self._gens([s for s, r in zip(samples, rows) if r], "patch")
+            patch_mask[rows] = masking.select(self.patch_strategy, scores[rows] if cfg.needs_scores else None,
+                                              valid[rows], cfg.patch_ratio, gens, alpha=cfg.alpha, mode=cfg.patch_mode)
+        return {"frames": frames, "frame_valid": frame_valid, "patch_mask": patch_mask}
+
+    def __call__(self, samples: list[dict]) -> dict:
+        for s in samples:
+            self._check(s)
+        batch = self.text(samples)
+        if self.text_only:
+            return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        if any(s.get("frames") is not None for s in samples):
+            batch.update(self.video(samples))
+        batch["keys"] = [s["key"] for s in samples]
+        return batch

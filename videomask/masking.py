@@ -1,0 +1,317 @@
+"""Masking strategies: pure functions from scores to exact-budget masks.
+
+Every strategy has the signature::
+
+    strategy(scores, valid, ratio, generator, **params) -> BoolTensor   # True = masked
+
+- ``scores``: float ``[B, N]`` (higher = more different from the pretraining domain), or None
+  for strategies that don't read scores;
+- ``valid``: bool ``[B, N]``, the units that may be masked (never special tokens or padding);
+- ``ratio``: in (0, 1); the budget of row b is ``round(ratio * valid[b].sum())``, exact
+  (whole-word and PMI units mask at most the budget: see ``whole_units``);
+- ``generator``: a ``torch.Generator``, or one per row: a row's mask then depends on its own
+  generator only, so it is the same whatever batch the sample lands in.
+
+Video strategies (``tube``, ``block``) take ``[B, T, H, W]`` tensors instead of ``[B, N]``.
+
+Registered (``STRATEGIES``): ``random``, ``difference`` (METHOD.md section 4: ``mode="topk"``
+for patches, the top ``floor(alpha * budget)`` by score then a uniform fill; ``mode="rank"``
+for text, sampling without replacement with probability ``alpha * p_rank + (1 - alpha) *
+uniform`` where a unit of rank r among N gets weight ``N - r``), ``inverse_difference``
+(the same on negated scores: the least different first), ``whole_word``, ``span``
+(SpanBERT), ``pmi`` (Levine et al. 2021), ``tube`` and ``block`` (VideoMAE).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+STRATEGIES: dict[str, Callable] = {}
+NEEDS_SCORES: set[str] = set()
+VIDEO_ONLY: set[str] = set()
+
+
+class MaskingError(ValueError):
+    pass
+
+
+def register(name: str, needs_scores: bool = False, video_only: bool = False):
+    def deco(fn):
+        STRATEGIES[name] = fn
+        if needs_scores:
+            NEEDS_SCORES.add(name)
+        if video_only:
+            VIDEO_ONLY.add(name)
+        return fn
+    return deco
+
+
+def get(name: str) -> Callable:
+    if name not in STRATEGIES:
+        raise MaskingError(f"unknown masking strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name]
+
+
+def check_ratio(ratio: float, alpha: float | None = None):
+    if not 0 < ratio < 1:
+        raise MaskingError(f"mask ratio must be in (0, 1), got {ratio}")
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise MaskingError(f"alpha must be in [0, 1], got {alpha}")
+
+
+def budgets(valid: torch.Tensor, ratio: float) -> torch.Tensor:
+    """``round(ratio * n)`` per row (Python's round: half to even). A row with units but a budget
+    of zero is an error: it would silently contribute nothing to the loss."""
+    n = valid.flatten(1).sum(1)
+    b = torch.tensor([round(ratio * int(k)) for k in n], dtype=torch.long)
+    short = ((n > 0) & (b == 0)).nonzero().flatten()
+    if len(short):
+        i = int(short[0])
+        raise MaskingError(f"row {i} has {int(n[i])} maskable units: a ratio of {ratio} masks none of them "
+                           f"(need at least {math.ceil(0.5 / ratio)}); raise the ratio or drop such short samples")
+    return b
+
+
+def uniform(shape, generator) -> torch.Tensor:
+    """U(0, 1) noise of ``shape`` ([B, ...]); row b drawn from ``generator[b]`` when a list is given."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.rand(shape[1:], generator=g) for g in generator])
+    return torch.rand(shape, generator=generator)
+
+
+def _take_top(keys: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Mask the ``budget[b]`` valid units of row b with the largest keys."""
+    keys = keys.masked_fill(~valid, float("-inf"))
+    order = keys.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(keys.shape[1]).expand_as(order))
+    return (rank < budget[:, None]) & valid
+
+
+def _check_scores(scores, valid, name):
+    if scores is None:
+        raise MaskingError(f"strategy {name!r} needs scores; run `python -m videomask.score` on the shards "
+                           "(or pick a strategy that needs none: random, whole_word, span, tube, block, pmi)")
+    if torch.isnan(scores[valid]).any():
+        raise MaskingError(f"strategy {name!r}: scores contain NaN at maskable positions")
+
+
+@register("random")
+def random_mask(scores, valid, ratio, generator, **_):
+    """Uniform: ``budget`` valid units drawn without replacement."""
+    check_ratio(ratio)
+    return _take_top(uniform(valid.shape, generator), valid, budgets(valid, ratio))
+
+
+def _ranks(scores: torch.Tensor, valid: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """0 = highest score among the row's valid units; ties broken by ``noise``."""
+    order = torch.argsort(noise, dim=1)  # a random permutation, then a stable sort by score: random tie-break
+    s = torch.gather(scores.masked_fill(~valid, float("-inf")), 1, order)
+    by_score = torch.gather(order, 1, s.argsort(dim=1, descending=True, stable=True))
+    rank = torch.empty_like(by_score)
+    rank.scatter_(1, by_score, torch.arange(scores.shape[1]).expand_as(by_score))
+    return rank
+
+
+def _dense_ranks(scores: torch.Tensor, valid: torch.Tensor):
+    """Rank of each unit's score among the row's distinct valid scores (0 = highest; equal scores, such
+    as the sub-tokens of one word, share a rank), and the number of distinct scores per row."""
+    rank = torch.zeros(scores.shape, dtype=torch.long)
+    count = torch.zeros(scores.shape[0], dtype=torch.long)
+    for b in range(scores.shape[0]):
+        distinct = torch.unique(scores[b][valid[b]]).flip(0)  # descending
+        count[b] = len(distinct)
+        if len(distinct):
+            rank[b] = torch.searchsorted(-distinct, -scores[b].contiguous(), side="left").clamp(max=len(distinct))
+    return rank, count
+
+
+@register("difference", needs_scores=True)
+def difference(scores, valid, ratio, generator, alpha: float = 1.0, mode: str = "topk", **_):
+    """Difference-masking (METHOD.md section 4).
+
+    ``mode="topk"`` (patches): the top ``floor(alpha * budget)`` units by score, then the rest of
+    the budget uniformly from the remaining units. alpha=1: exactly the top-scoring units; alpha=0:
+    uniform random masking.
+    ``mode="rank"`` (text): unit weights ``N - rank`` over the N distinct scores (so the sub-tokens
+    of a word, which share its score, share its weight), mixed with uniform by alpha, sampled
+    without replacement (Gumbel top-k, i.e. sequential sampling proportional to the weights).
+    """
+    check_ratio(ratio, alpha)
+    _check_scores(scores, valid, "difference")
+    flat_valid, flat_scores = valid.flatten(1), scores.flatten(1).float()
+    budget = budgets(flat_valid, ratio)
+    u = uniform(flat_valid.shape, generator)
+    if mode == "topk":
+        rank = _ranks(flat_scores, flat_valid, u)
+        n_top = torch.floor(alpha * budget.double() + 1e-9).long()
+        top = (rank < n_top[:, None]) & flat_valid
+        rest = _take_top(u, flat_valid & ~top, budget - n_top)
+        return (top | rest).view_as(valid)
+    if mode == "rank":
+        rank, n_ranks = _dense_ranks(flat_scores, flat_valid)
+        p_rank = (n_ranks[:, None] - rank).clamp(min=0).double() * flat_valid
+        n = flat_valid.sum(1, keepdim=True).clamp(min=1)
+        p_rank = p_rank / p_rank.sum(1, keepdim=True).clamp(min=1e-12)
+        p = alpha * p_rank + (1 - alpha) * flat_valid.double() / n
+        gumbel = -torch.log(-torch.log(uniform(flat_valid.shape, generator).double().clamp(1e-12, 1 - 1e-12)))
+        keys = torch.log(p.clamp(min=1e-300)) + gumbel
+        return _take_top(keys, flat_valid & (p > 0), budget).view_as(valid)
+    raise MaskingError(f"difference: mode must be 'topk' or 'rank', got {mode!r}")
+
+
+@register("inverse_difference", needs_scores=True)
+def inverse_difference(scores, valid, ratio, generator, **params):
+    """The paper's control: difference-masking of the *least* different units."""
+    _check_scores(scores, valid, "inverse_difference")
+    return difference(-scores, valid, ratio, generator, **params)
+
+
+def whole_units(unit_ids: torch.Tensor, valid: torch.Tensor, ratio: float, unit_keys: torch.Tensor,
+                budget: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask whole units (words, n-grams): units in decreasing ``unit_keys`` order, each taken if all
+    its positions fit in what is left of the budget. Positions with ``unit_ids < 0`` are their own unit.
+
+    ``unit_ids``: long [B, N]; ``unit_keys``: float [B, N] priority per *position* (read at each unit's
+    first position). The count is at most the budget, and equals it unless only units longer than
+    the remainder are left. ``budget`` overrides ``round(ratio * valid units)`` per row.
+    """
+    budget = budgets(valid, ratio) if budget is None else budget
+    mask = torch.zeros_like(valid)
+    for b in range(valid.shape[0]):
+        ids, ok = unit_ids[b], valid[b]
+        units: dict[int, list[int]] = {}
+        for pos in ok.nonzero().flatten().tolist():
+            u = int(ids[pos])
+            units.setdefault(u if u >= 0 else -1 - pos, []).append(pos)
+        order = sorted(units, key=lambda u: -float(unit_keys[b, units[u][0]]))
+        left = int(budget[b])
+        for u in order:
+            if left == 0:
+                break
+            if len(units[u]) <= left:
+                mask[b, units[u]] = True
+                left -= len(units[u])
+    return mask
+
+
+@register("whole_word")
+def whole_word(scores, valid, ratio, generator, word_ids=None, **_):
+    """Random words, all sub-tokens of a chosen word together (``word_ids``: long [B, N], -1 = no word)."""
+    check_ratio(ratio)
+    if word_ids is None:
+        raise MaskingError("whole_word needs word_ids (the word each token belongs to)")
+    return whole_units(word_ids, valid, ratio, uniform(valid.shape, generator))
+
+
+@register("span")
+def span(scores, valid, ratio, generator, p: float = 0.2, max_span: int = 10, **_):
+    """SpanBERT: spans of Geometric(p) length (clipped to ``max_span``) at uniform starts over the
+    valid units, until the budget is reached exactly (the last span is cut to fit)."""
+    check_ratio(ratio)
+    budget = budgets(valid, ratio)
+    mask = torch.zeros_like(valid)
+    gens = generator if isinstance(generator, (list, tuple)) else [generator] * valid.shape[0]
+    for b in range(valid.shape[0]):
+        pos = valid[b].nonzero().flatten()
+        left, n = int(budget[b]), len(pos)
+        free = torch.ones(n, dtype=torch.bool)
+        while left > 0:
+            u = torch.rand(2, generator=gens[b])
+            length = min(max_span, 1 + int(math.log(max(float(u[0]), 1e-12)) / math.log(1 - p)), left)
+            starts = free.nonzero().flatten()
+            start = int(starts[int(float(u[1]) * len(starts))])
+            run = [i for i in range(start, min(n, start + length)) if free[i]]
+            free[run] = False
+            mask[b, pos[run]] = True
+            left -= len(run)
+    return mask
+
+
+@register("pmi")
+def pmi(scores, valid, ratio, generator, word_ids=None, words=None, ngrams=None, **_):
+    """PMI-masking: occurrences of high-PMI n-grams (``ngrams``: set of word tuples, lowercased;
+    see ``videomask.pmi``) are masked as one unit, other words as whole words; random unit order.
+    ``words``: per row, the list of words that ``word_ids`` index."""
+    check_ratio(ratio)
+    if word_ids is None or words is None or ngrams is None:
+        raise MaskingError("pmi needs word_ids, words and an n-gram vocabulary (python -m videomask.pmi CORPUS)")
+    unit_ids = word_ids.clone()
+    max_n = max((len(g) for g in ngrams), default=1)
+    for b, ws in enumerate(words):
+        lw, merged, i = [w.lower() for w in ws], {}, 0
+        while i < len(lw):
+            for n in range(max_n, 1, -1):  # the longest n-gram starting here wins
+                if tuple(lw[i:i + n]) in ngrams:
+                    merged.update({j: i for j in range(i, i + n)})
+                    i += n
+                    break
+            else:
+                i += 1
+        for j, first in merged.items():
+            unit_ids[b][word_ids[b] == j] = first
+    keys = uniform(valid.shape, generator)
+    mask = whole_units(unit_ids, valid, ratio, keys)
+    # an n-gram longer than what is left of the budget gives way to single words
+    rest = budgets(valid, ratio) - mask.sum(1)
+    return mask | whole_units(word_ids, valid & ~mask, ratio, keys, budget=rest)
+
+
+@register("tube", video_only=True)
+def tube(scores, valid, ratio, generator, **_):
+    """VideoMAE tube masking: one random spatial pattern, the same in every frame.
+    ``valid``: [B, T, H, W]; the budget is ``round(ratio * H * W)`` per frame."""
+    check_ratio(ratio)
+    spatial = valid.all(dim=1)  # [B, H, W]
+    pattern = random_mask(None, spatial.flatten(1), ratio, generator).view_as(spatial)
+    return pattern[:, None].expand_as(valid) & valid
+
+
+@register("block", video_only=True)
+def block(scores, valid, ratio, generator, min_area: float = 0.1, max_aspect: float = 3.0, **_):
+    """Block masking over (time, height, width): random cuboids (random aspect ratio, spatial area
+    from ``min_area`` of the grid up to the budget) until the exact budget; the last block is cut to
+    fit at random. ``valid``: [B, T, H, W]."""
+    check_ratio(ratio)
+    B, T, H, W = valid.shape
+    budget = budgets(valid.flatten(1), ratio)
+    mask = torch.zeros_like(valid)
+    gens = generator if isinstance(generator, (list, tuple)) else [generator] * B
+    for b in range(B):
+        left = int(budget[b])
+        while left > 0:
+            u = torch.rand(6, generator=gens[b])
+            area = max(1.0, (min_area + float(u[0]) * (1 - min_area)) * H * W * ratio)
+            aspect = math.exp(math.log(1 / max_aspect) + float(u[1]) * 2 * math.log(max_aspect))
+            h = max(1, min(H, round(math.sqrt(area * aspect))))
+            w = max(1, min(W, round(math.sqrt(area / aspect))))
+            t = max(1, min(T, 1 + int(float(u[2]) * T)))
+            t0, y0, x0 = int(float(u[3]) * (T - t + 1)), int(float(u[4]) * (H - h + 1)), int(float(u[5]) * (W - w + 1))
+            new = torch.zeros_like(valid[b])
+            new[t0:t0 + t, y0:y0 + h, x0:x0 + w] = True
+            new &= valid[b] & ~mask[b]
+            idx = new.nonzero()
+            if len(idx) > left:  # cut the last block to the exact budget
+                keep = torch.randperm(len(idx), generator=gens[b])[:left]
+                new = torch.zeros_like(new)
+                new[tuple(idx[keep].T)] = True
+            mask[b] |= new
+            left -= int(new.sum())
+    return mask
+
+
+def select(name: str, scores, valid, ratio, generator, **params) -> torch.Tensor:
+    """Run the registered strategy ``name``; see the module docstring."""
+    fn = get(name)
+    if name in NEEDS_SCORES:
+        _check_scores(scores, valid, name)
+    if name in VIDEO_ONLY:
+        if valid.dim() != 4:
+            raise MaskingError(f"strategy {name!r} masks video patches: valid must be [B, T, H, W]")
+        return fn(scores, valid, ratio, generator, **params)
+    if valid.dim() > 2:  # patches of [B, T, H, W] as one row of units per sample
+        flat = fn(None if scores is None else scores.flatten(1), valid.flatten(1), ratio, generator, **params)
+        return flat.view_as(valid)
+    return fn(scores, valid, ratio, generator, **params)
