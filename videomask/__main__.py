@@ -7,7 +7,8 @@ Runs every stage of the pipeline on the synthetic clip world, on CPU:
 3. ``anchors``: TF-ICF anchors of the target domain against wordfreq's English (``videomask.anchors``);
 4. ``scorer``: fit the tiny CLIP on the world and save it as ``local-dir:`` (``videomask.tiny_clip``);
 5. ``scores``: score every word and patch of the target shards (``videomask.score``);
-6. ``inspect``: pictures of a scored sample and of the anchors (``videomask.inspect``).
+6. ``inspect``: a scored sample with what difference- and random-masking would mask, and the
+   anchors (``videomask.inspect``).
 
 Each stage is skipped when its output is already complete, so rerunning is cheap
 and an interrupted demo continues where it stopped.
@@ -69,10 +70,14 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = world.WorldC
     t = stage("inspect: what difference-masking will see")
     paths["pictures"].mkdir(parents=True, exist_ok=True)
     anchors_json = anchors.load(paths["anchors"])
-    inspect.sample_figure(inspect.find_sample(paths["scored"]), anchors_json).savefig(
-        paths["pictures"] / "sample.png", dpi=110)
+    sample = inspect.find_sample(paths["scored"], index=1)
+    for strategy in ("difference", "random"):
+        inspect.sample_figure(sample, anchors_json, *inspect.sample_masks(sample, strategy),
+                              title=f"{sample['key']}: {strategy} masking").savefig(
+            paths["pictures"] / f"sample_{strategy}.png", dpi=110)
     inspect.anchors_chart(anchors_json).savefig(paths["pictures"] / "anchors.png", dpi=110)
-    print(f"{paths['pictures']}/sample.png, anchors.png ({time.perf_counter() - t:.1f}s)")
+    print(f"{paths['pictures']}/sample_difference.png, sample_random.png, anchors.png "
+          f"({time.perf_counter() - t:.1f}s)")
     return paths
 
 

@@ -104,6 +104,34 @@ def sample_figure(sample: dict, anchors: dict | None = None, patch_mask=None, wo
     return fig
 
 
+def sample_masks(sample: dict, strategy: str, text_ratio=0.15, patch_ratio=0.25, alpha=1.0, seed=0):
+    """The patches ([T, gh, gw], at the scorer's grid) and words that ``strategy`` would mask in
+    this sample, drawn as the collator draws them (words as units, so no tokenizer is needed)."""
+    import torch
+
+    from . import masking
+    from .collate import PAIRS, sample_generator
+
+    text_name, patch_name = PAIRS[strategy]
+    if text_name in ("whole_word", "pmi"):  # on word units, whole-word masking is random word masking
+        text_name = "random"
+    patch_mask = None
+    if sample.get("patch_scores") is not None:
+        ps = torch.from_numpy(sample["patch_scores"].astype(np.float32))[None]
+        patch_mask = masking.select(patch_name, ps, torch.ones_like(ps, dtype=torch.bool), patch_ratio,
+                                    [sample_generator(seed, 0, sample["key"], "patch")], alpha=alpha, mode="topk")[0]
+    word_mask = None
+    ws = sample["meta"].get("word_scores")
+    if ws:
+        scores = torch.tensor(ws, dtype=torch.float)[None]
+        valid = torch.ones_like(scores, dtype=torch.bool)
+        if round(text_ratio * len(ws)) > 0:
+            word_mask = masking.select(text_name, scores, valid, text_ratio,
+                                       [sample_generator(seed, 0, sample["key"], "text")], alpha=alpha,
+                                       mode="rank")[0].tolist()
+    return patch_mask, word_mask
+
+
 def anchors_chart(anchors: dict):
     plt = _plt()
     rows = [a for a in anchors["anchors"] if a.get("score") is not None]
@@ -125,13 +153,21 @@ def main(argv=None) -> int:
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--anchors", type=Path, help="anchors.json, listed beside the sample")
     p.add_argument("--anchors-chart", type=Path, metavar="ANCHORS_JSON", help="draw a bar chart of these anchors")
+    p.add_argument("--strategy", help="outline what this masking strategy would mask (difference, random, ...)")
+    p.add_argument("--text-ratio", type=float, default=0.15)
+    p.add_argument("--patch-ratio", type=float, default=0.25)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
         if a.anchors_chart:
             fig = anchors_chart(anchors_mod.load(a.anchors_chart))
         elif a.shards:
-            fig = sample_figure(find_sample(a.shards, a.key, a.index),
-                                anchors_mod.load(a.anchors) if a.anchors else None)
+            sample = find_sample(a.shards, a.key, a.index)
+            masks = (sample_masks(sample, a.strategy, a.text_ratio, a.patch_ratio, a.alpha, a.seed) if a.strategy
+                     else (None, None))
+            fig = sample_figure(sample, anchors_mod.load(a.anchors) if a.anchors else None, *masks,
+                                title=f"{sample['key']}: {a.strategy} masking" if a.strategy else "")
         else:
             p.error("give SHARDS or --anchors-chart")
     except (KeyError, ValueError, FileNotFoundError) as e:

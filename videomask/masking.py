@@ -83,18 +83,19 @@ def uniform(shape, generator) -> torch.Tensor:
 
 def _take_top(keys: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
     """Mask the ``budget[b]`` valid units of row b with the largest keys."""
-    keys = keys.masked_fill(~valid, float("-inf"))
-    order = keys.argsort(dim=1, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(keys.shape[1]).expand_as(order))
-    return (rank < budget[:, None]) & valid
+    mask = torch.zeros_like(valid)
+    k = int(budget.max()) if len(budget) else 0
+    if k == 0:
+        return mask
+    idx = keys.masked_fill(~valid, float("-inf")).topk(k, dim=1).indices
+    return mask.scatter_(1, idx, torch.arange(k)[None] < budget[:, None])
 
 
 def _check_scores(scores, valid, name):
     if scores is None:
         raise MaskingError(f"strategy {name!r} needs scores; run `python -m videomask.score` on the shards "
                            "(or pick a strategy that needs none: random, whole_word, span, tube, block, pmi)")
-    if torch.isnan(scores[valid]).any():
+    if (torch.isnan(scores) & valid).any():
         raise MaskingError(f"strategy {name!r}: scores contain NaN at maskable positions")
 
 
@@ -105,26 +106,17 @@ def random_mask(scores, valid, ratio, generator, **_):
     return _take_top(uniform(valid.shape, generator), valid, budgets(valid, ratio))
 
 
-def _ranks(scores: torch.Tensor, valid: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """0 = highest score among the row's valid units; ties broken by ``noise``."""
-    order = torch.argsort(noise, dim=1)  # a random permutation, then a stable sort by score: random tie-break
-    s = torch.gather(scores.masked_fill(~valid, float("-inf")), 1, order)
-    by_score = torch.gather(order, 1, s.argsort(dim=1, descending=True, stable=True))
-    rank = torch.empty_like(by_score)
-    rank.scatter_(1, by_score, torch.arange(scores.shape[1]).expand_as(by_score))
-    return rank
-
-
 def _dense_ranks(scores: torch.Tensor, valid: torch.Tensor):
     """Rank of each unit's score among the row's distinct valid scores (0 = highest; equal scores, such
     as the sub-tokens of one word, share a rank), and the number of distinct scores per row."""
-    rank = torch.zeros(scores.shape, dtype=torch.long)
-    count = torch.zeros(scores.shape[0], dtype=torch.long)
-    for b in range(scores.shape[0]):
-        distinct = torch.unique(scores[b][valid[b]]).flip(0)  # descending
-        count[b] = len(distinct)
-        if len(distinct):
-            rank[b] = torch.searchsorted(-distinct, -scores[b].contiguous(), side="left").clamp(max=len(distinct))
+    s = scores.masked_fill(~valid, float("-inf"))
+    sorted_s, order = s.sort(dim=1, descending=True)
+    new = torch.ones_like(sorted_s, dtype=torch.long)
+    new[:, 1:] = (sorted_s[:, 1:] != sorted_s[:, :-1]).long()
+    dense = new.cumsum(1) - 1  # dense rank in sorted order
+    rank = torch.empty_like(dense)
+    rank.scatter_(1, order, dense)
+    count = torch.where(valid, rank + 1, torch.zeros_like(rank)).max(1).values
     return rank, count
 
 
@@ -145,19 +137,19 @@ def difference(scores, valid, ratio, generator, alpha: float = 1.0, mode: str = 
     budget = budgets(flat_valid, ratio)
     u = uniform(flat_valid.shape, generator)
     if mode == "topk":
-        rank = _ranks(flat_scores, flat_valid, u)
         n_top = torch.floor(alpha * budget.double() + 1e-9).long()
-        top = (rank < n_top[:, None]) & flat_valid
+        # the noise only orders exactly equal scores (float16 grids have many): a random tie-break
+        top = _take_top(flat_scores.double() + 1e-9 * u.double(), flat_valid, n_top)
         rest = _take_top(u, flat_valid & ~top, budget - n_top)
         return (top | rest).view_as(valid)
     if mode == "rank":
         rank, n_ranks = _dense_ranks(flat_scores, flat_valid)
-        p_rank = (n_ranks[:, None] - rank).clamp(min=0).double() * flat_valid
-        n = flat_valid.sum(1, keepdim=True).clamp(min=1)
+        p_rank = (n_ranks[:, None] - rank).clamp(min=0).float() * flat_valid
         p_rank = p_rank / p_rank.sum(1, keepdim=True).clamp(min=1e-12)
-        p = alpha * p_rank + (1 - alpha) * flat_valid.double() / n
-        gumbel = -torch.log(-torch.log(uniform(flat_valid.shape, generator).double().clamp(1e-12, 1 - 1e-12)))
-        keys = torch.log(p.clamp(min=1e-300)) + gumbel
+        n = flat_valid.sum(1, keepdim=True).clamp(min=1)
+        p = alpha * p_rank + (1 - alpha) * flat_valid.float() / n
+        # Gumbel top-k: keys log p + Gumbel noise; the largest `budget` are a sample without replacement
+        keys = torch.log(p) - torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-7)))
         return _take_top(keys, flat_valid & (p > 0), budget).view_as(valid)
     raise MaskingError(f"difference: mode must be 'topk' or 'rank', got {mode!r}")
 
