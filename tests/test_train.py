@@ -1,0 +1,134 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from videomask import build, data, score
+from videomask.collate import MaskingCollator, MaskingConfig
+from videomask.config import ConfigError, load_config
+from videomask.model import ModelConfig, VideoLanguageModel, load_tokenizer
+from videomask.train import main as train_main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def common(scored, anchors, out, *extra):
+    return [f"data.train={scored}", f"data.anchors={anchors}", f"run.out={out}", "data.batch_size=4",
+            "run.log_every=1", "model.dropout=0.0", *extra]
+
+
+def metrics(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "loss" in x]
+
+
+def test_tiny_model_overfits_one_batch(scored_shards):
+    cfg = ModelConfig()
+    tok = load_tokenizer(cfg)
+    torch.manual_seed(0)
+    model = VideoLanguageModel(cfg, len(tok))
+    batch = MaskingCollator(tok, MaskingConfig(), 64, (model.grid, model.grid))(list(data.dataset(scored_shards))[:4])
+    batch.pop("keys")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(50):
+        r = model(batch)
+        first = first or {k: float(r[k]) for k in ("loss_text", "loss_patch")}
+        opt.zero_grad()
+        r["loss"].backward()
+        opt.step()
+    assert float(r["loss_text"]) < 0.3 * first["loss_text"] and float(r["acc_text"]) > 0.8
+    assert float(r["loss_patch"]) < 0.7 * first["loss_patch"]
+
+
+def test_resume_gives_the_same_weights(scored_shards, tiny_anchors, tmp_path):
+    args = ["optim.max_steps=6", "optim.warmup_steps=2"]
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "a", *args)) == 0
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "b", *args, "run.stop_after=3")) == 0
+    assert json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    assert not (tmp_path / "b" / "model.safetensors").exists()  # not finished yet
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "b", *args, "run.resume=auto")) == 0
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    la, lb = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [round(x["loss"], 4) for x in la] == [round(x["loss"], 4) for x in lb]  # the same masks, the same losses
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 6 and "optimizer" in ckpt and "scheduler" in ckpt
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_with_the_doubled_batch(scored_shards, tiny_anchors, tmp_path):
+    args = ["optim.max_steps=4", "data.split_by=samples"]
+    one = common(scored_shards, tiny_anchors, tmp_path / "one", *args)
+    two = common(scored_shards, tiny_anchors, tmp_path / "two", *args)
+    two[two.index("data.batch_size=4")] = "data.batch_size=2"
+    assert train_main(one) == 0
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29517", "-m", "videomask.train", *two], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    l1, l2 = [x["loss"] for x in metrics(tmp_path / "one")], [x["loss"] for x in metrics(tmp_path / "two")]
+    assert len(l1) == len(l2) == 4
+    # the losses agree up to how masked tokens are averaged (per process, then over processes)
+    assert all(abs(a - b) / a < 0.03 for a, b in zip(l1, l2)), (l1, l2)
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 5e-3
+
+
+def test_text_only_training_with_a_hugging_face_masked_lm(tmp_path, tiny_anchors, tiny_scorer):
+    docs = [f"the magenta hexagon {i} forms a lattice near the glyph and the red circle." for i in range(12)]
+    (tmp_path / "corpus.txt").write_text("\n".join(docs))
+    build.build(tmp_path / "corpus.txt", tmp_path / "shards", build.BuildOptions(), progress=False)
+    score.score_shards(tmp_path / "shards", tmp_path / "scored", tiny_anchors, f"local-dir:{tiny_scorer}",
+                       progress=False)
+    out = tmp_path / "run"
+    assert train_main(common(tmp_path / "scored", tiny_anchors, out, "model.kind=text", "optim.max_steps=8",
+                             "optim.lr=2e-3")) == 0
+    losses = [x["loss"] for x in metrics(out)]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert "mlm.bert.embeddings.word_embeddings.weight" in load_file(out / "model.safetensors")
+
+
+def test_config_errors_name_the_key(tmp_path):
+    for override, match in [("optim.lrr=1", "optim.lrr"), ("optim.lr=abc", "optim.lr"),
+                            ("model.preset=huge", "unknown model preset 'huge'"),
+                            ("masking.strategy=nope", "unknown masking strategy 'nope'"),
+                            ("optim.schedule=step", "optim.schedule")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config([], [override])
+    (tmp_path / "x.yaml").write_text("model:\n  layerz: 3\n")
+    with pytest.raises(ConfigError, match="model.layerz"):
+        load_config([tmp_path / "x.yaml"])
+    r = subprocess.run([sys.executable, "-m", "videomask.train", "data.train=x", "optim.lrr=1"], capture_output=True,
+                       text=True, env=ENV)
+    assert r.returncode == 2 and "optim.lrr" in r.stderr
+
+
+def test_bad_inputs(scored_shards, tiny_shards, tiny_anchors, tmp_path):
+    other = tmp_path / "other.json"
+    from videomask import anchors
+
+    other.write_text(json.dumps(anchors.build_anchors([tiny_shards["target"]], "wordfreq:en", k=2, min_count=2)))
+    cases = [
+        (common(scored_shards, other, tmp_path / "r1", "optim.max_steps=1"), "configured anchors are"),
+        (common(tiny_shards["target"], tiny_anchors, tmp_path / "r2", "optim.max_steps=1"), "needs scores"),
+        (common(tmp_path / "empty", tiny_anchors, tmp_path / "r3", "optim.max_steps=1"), "no shards found"),
+    ]
+    (tmp_path / "empty").mkdir()
+    for argv, match in cases:
+        with pytest.raises(Exception, match=match):
+            from videomask.train import train
+            train(load_config([], argv))
+    # a finished run is not overwritten by another configuration, nor resumed with one
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "run", "optim.max_steps=2")) == 0
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "run", "optim.max_steps=3")) == 2
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "run", "optim.max_steps=3",
+                             "run.resume=auto")) == 2
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "run", "optim.max_steps=2", "model.layers=3",
+                             "run.resume=auto")) == 2
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    shutil.rmtree(tmp_path / "run")

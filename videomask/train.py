@@ -1,0 +1,330 @@
+"""Continued pretraining with difference-masking: ``python -m videomask.train [CONFIG.yaml ...] [key=value ...]``.
+
+With no arguments: ``configs/train_default.yaml``, the synthetic world's target
+domain (what ``python -m videomask`` produced) with difference-masking, on CPU.
+Distributed: ``torchrun --nproc_per_node N -m videomask.train ...`` (DDP; gloo on
+CPU, nccl on GPU). See ``videomask.config`` for every option.
+
+Read top to bottom: setup (distributed, config, run folder), data, model and
+optimizer, resume, the loop (accumulate, clip, step, log, validate, checkpoint),
+export.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import anchors as anchors_mod
+from . import data
+from .collate import MaskingCollator
+from .config import ConfigError, TrainConfig, load_config, to_yaml
+from .model import build_model, load_tokenizer
+
+CKPT = "checkpoint.pt"
+
+
+# -- setup --------------------------------------------------------------------------------------
+def setup_distributed(cfg: TrainConfig):
+    """DDP from torchrun's environment; (rank, world, local_rank, device)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available() and cfg.run.device in ("auto", "cuda")
+    device = torch.device(f"cuda:{local}" if cuda else "cpu" if cfg.run.device == "auto" else cfg.run.device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def prepare_run_folder(cfg: TrainConfig, rank: int) -> Path:
+    """Refuse a folder that holds a different run, unless resuming it or told to overwrite."""
+    out = Path(cfg.run.out)
+    saved = out / "config.yaml"
+    if saved.exists() and not cfg.run.overwrite:
+        same = _comparable(saved.read_text()) == _comparable(to_yaml(cfg))
+        if not same and cfg.run.resume:
+            raise ConfigError(f"{out} holds a run with another configuration: resuming it with this one would mix "
+                              "two runs. Nothing was changed; use another run.out")
+        if not same or not cfg.run.resume:
+            raise ConfigError(f"{out} already holds a run ({saved}); pass run.resume=auto to continue it, "
+                              "run.overwrite=true to replace it, or choose another run.out")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.run.overwrite:
+            for p in (out / CKPT, out / "metrics.jsonl"):
+                p.unlink(missing_ok=True)
+        saved.write_text(to_yaml(cfg))
+    return out
+
+
+def _comparable(yaml_text: str) -> str:
+    """The configuration minus what may change between invocations of one run."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(OmegaConf.create(yaml_text))
+    for k in ("resume", "overwrite", "stop_after"):
+        c["run"].pop(k, None)
+    return json.dumps(c, sort_keys=True)
+
+
+# -- data ---------------------------------------------------------------------------------------
+def split_samples(rank: int, world: int):
+    """A pipeline stage: sample i goes to process i % world (exact batch equivalence across world sizes)."""
+    def stage(src):
+        for i, s in enumerate(src):
+            if i % world == rank:
+                yield s
+    return stage
+
+
+def make_loader(cfg: TrainConfig, folder: str, split: str, collate, rank: int, world: int, train: bool):
+    import webdataset as wds
+
+    by_samples = cfg.data.split_by == "samples" and world > 1
+    pipe = data.dataset(folder, split or None, resampled=train and cfg.data.resampled, seed=cfg.run.seed,
+                        shuffle=cfg.data.shuffle if train else 0, split_by_node=not by_samples)
+    if by_samples:
+        pipe.append(split_samples(rank, world))
+    pipe.append(wds.batched(cfg.data.batch_size, collation_fn=collate, partial=not train))
+    return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.data.workers)
+
+
+def check_anchors(cfg: TrainConfig) -> str | None:
+    if not cfg.data.anchors:
+        return None
+    return anchors_mod.load(cfg.data.anchors)["hash"]
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model, opt, sched, step: int, epoch: int, batch_in_epoch: int, cfg: TrainConfig):
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config": to_yaml(cfg),
+             "rng": torch.get_rng_state()}  # dropout and the like; masks have their own per-sample generators
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path, model, opt, sched, cfg: TrainConfig) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if _comparable(state["config"]) != _comparable(to_yaml(cfg)):
+        raise ConfigError(f"{path} was written by a run with another configuration; not resuming (nothing changed)")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ConfigError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from None
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state
+
+
+def lr_lambda(cfg: TrainConfig):
+    o = cfg.optim
+
+    def f(step):
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        t = (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
+        return max(0.0, 1 - t) if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return f
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(model, loader, device, autocast, max_batches: int) -> dict:
+    model.eval()
+    sums, n = {}, 0
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        with autocast:
+            r = model(to_device(batch, device))
+        for k, v in r.items():
+            if k.startswith(("loss", "acc")):
+                sums[k] = sums.get(k, 0.0) + float(v)
+        n += 1
+    model.train()
+    return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+
+
+# -- main ---------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    files = [a for a in argv if not ("=" in a and not a.endswith((".yaml", ".yml")))]
+    overrides = [a for a in argv if a not in files]
+    if not files and not any(o.startswith("data.train=") for o in overrides):
+        files = [str(Path(__file__).resolve().parent.parent / "configs" / "train_default.yaml")]
+    try:
+        cfg = load_config(files, overrides)
+        return train(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def train(cfg: TrainConfig) -> int:
+    rank, world, device = setup_distributed(cfg)
+    if not cfg.data.train:
+        raise ConfigError("data.train is empty: give scored shards (python -m videomask.score's output)")
+    out = prepare_run_folder(cfg, rank)
+    torch.manual_seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    np.random.seed(cfg.run.seed)
+
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_model(cfg.model, len(tokenizer)).to(device)
+    grid = getattr(model, "grid", None)
+    collate = MaskingCollator(tokenizer, cfg.masking, cfg.data.max_text_len, (grid, grid) if grid else None,
+                              anchors_hash=check_anchors(cfg), text_only=cfg.model.kind == "text")
+    loader = make_loader(cfg, cfg.data.train, cfg.data.train_split, collate, rank, world, train=True)
+    val_loader = (make_loader(cfg, cfg.data.val or cfg.data.train, cfg.data.val_split, collate, rank, world, False)
+                  if cfg.data.val_split else None)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    o = cfg.optim
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay,
+                            "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    step = epoch = skip = 0
+    if cfg.run.resume == "auto" and (out / CKPT).exists():
+        state = load_checkpoint(out / CKPT, model, opt, sched, cfg)
+        step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
+        if rank == 0:
+            print(f"resumed from {out / CKPT} at step {step}")
+    raw_model = model
+    if world > 1:
+        # a text-only batch leaves the vision tower without gradients: DDP must be told to expect that
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                                          find_unused_parameters=cfg.model.kind == "video")
+    bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    stop = {"signal": None}
+    for sig in (signal.SIGTERM, signal.SIGINT):  # finish the step, save, exit
+        signal.signal(sig, lambda s, f: stop.update(signal=s))
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
+    metrics_file = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=o.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
+    started, batch_in_epoch, data_wait, t_log, steps_here = step, skip, 0.0, time.perf_counter(), 0
+    model.train()
+
+    def checkpoint():
+        if rank == 0:
+            save_checkpoint(out / CKPT, raw_model, opt, sched, step, epoch, batch_in_epoch, cfg)
+
+    def batches():  # endless: epochs of the shards (a fresh mask draw per epoch), resumable mid-epoch
+        nonlocal epoch, batch_in_epoch
+        while True:
+            collate.set_epoch(epoch)
+            n = 0
+            for i, b in enumerate(loader):
+                n += 1
+                if i < batch_in_epoch:
+                    continue  # already trained on before the resume
+                batch_in_epoch = i + 1
+                yield b
+            if n == 0:
+                raise ConfigError(f"no training batches in {cfg.data.train} (split {cfg.data.train_split!r}); "
+                                  f"with {world} processes each needs at least one batch of {cfg.data.batch_size}")
+            epoch, batch_in_epoch = epoch + 1, 0
+
+    it = batches()
+    while step < o.max_steps:
+        logs = {}
+        for micro in range(o.grad_accum):
+            tw = time.perf_counter()
+            batch = to_device(next(it), device)
+            data_wait += time.perf_counter() - tw
+            sync = micro == o.grad_accum - 1 or world == 1
+            with (nullcontext() if sync else model.no_sync()), autocast:
+                r = model(batch)
+            if not torch.isfinite(r["loss"]):
+                checkpoint()  # the weights are still those of the last good step
+                raise FloatingPointError(f"non-finite loss {float(r['loss'])} at step {step} "
+                                         f"({', '.join(f'{k}={float(v):.4g}' for k, v in r.items())}); the last good "
+                                         f"state is in {out / CKPT}")
+            (r["loss"] / o.grad_accum).backward()
+            for k, v in r.items():
+                logs[k] = logs.get(k, 0.0) + float(v.detach()) / o.grad_accum
+        if o.clip > 0:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip))
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step, steps_here = step + 1, steps_here + 1
+        bar.update(1)
+        if world > 1 and (step % cfg.run.log_every == 0 or step == o.max_steps):  # log the global mean
+            keys = sorted(logs)
+            t = torch.tensor([logs[k] for k in keys], device=device)
+            dist.all_reduce(t)
+            logs = dict(zip(keys, (t / world).tolist()))
+        if rank == 0 and (step % cfg.run.log_every == 0 or step == o.max_steps):
+            elapsed = time.perf_counter() - t_log
+            logs.update(step=step, epoch=epoch, lr=sched.get_last_lr()[0],
+                        samples_per_s=cfg.run.log_every * o.grad_accum * cfg.data.batch_size * world / elapsed,
+                        data_wait=data_wait / elapsed)
+            metrics_file.write(json.dumps(logs) + "\n")
+            metrics_file.flush()
+            for k, v in logs.items():
+                if k not in ("step", "epoch"):
+                    writer.add_scalar(k, v, step)
+            bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            data_wait, t_log = 0.0, time.perf_counter()
+        if val_loader is not None and ((cfg.run.val_every and step % cfg.run.val_every == 0) or step == o.max_steps):
+            v = validate(model, val_loader, device, autocast, cfg.run.val_batches)
+            if rank == 0:
+                metrics_file.write(json.dumps({"step": step, **v}) + "\n")
+                for k, x in v.items():
+                    writer.add_scalar(k, x, step)
+        if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == o.max_steps:
+            checkpoint()
+        if stop["signal"] or (cfg.run.stop_after and steps_here >= cfg.run.stop_after):
+            checkpoint()
+            if rank == 0:
+                why = f"signal {stop['signal']}" if stop["signal"] else f"run.stop_after={cfg.run.stop_after}"
+                print(f"stopped at step {step} ({why}); resume with run.resume=auto")
+            break
+    bar.close()
+    if rank == 0:
+        metrics_file.close()
+        writer.close()
+        if step >= o.max_steps:
+            export(raw_model, cfg, out)
+    if world > 1:
+        dist.destroy_process_group()
+    if rank == 0:
+        print(f"trained {step - started} steps in this run; {out}")
+    return 0
+
+
+def export(model, cfg: TrainConfig, out: Path):
+    """The final weights as safetensors + the resolved config, loadable without this checkpoint's optimizer."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(out / "model.safetensors"))
+    (out / "model_config.json").write_text(json.dumps(asdict(cfg.model), indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
