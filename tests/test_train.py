@@ -132,3 +132,38 @@ def test_bad_inputs(scored_shards, tiny_shards, tiny_anchors, tmp_path):
                              "run.resume=auto")) == 2
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
     shutil.rmtree(tmp_path / "run")
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(scored_shards, tiny_anchors, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "videomask.train",
+                          *common(scored_shards, tiny_anchors, out, "optim.max_steps=100000")],
+                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and
+                                          (out / "metrics.jsonl").read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stderr[-2000:]
+    assert "stopped at step" in stdout and "signal" in stdout
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert step >= 3
+    assert train_main(common(scored_shards, tiny_anchors, out, "optim.max_steps=100000", "run.resume=auto",
+                             "run.stop_after=2")) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step + 2
+
+
+def test_non_finite_loss_stops_with_the_last_good_state(scored_shards, tiny_anchors, tmp_path):
+    from videomask.train import train
+
+    out = tmp_path / "run"
+    cfg = load_config([], common(scored_shards, tiny_anchors, out, "optim.max_steps=50", "optim.lr=1e12",
+                                 "optim.clip=0", "optim.warmup_steps=0"))
+    with pytest.raises(FloatingPointError, match="non-finite loss .* the last good state is in"):
+        train(cfg)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

@@ -8,7 +8,9 @@ Runs every stage of the pipeline on the synthetic clip world, on CPU:
 4. ``scorer``: fit the tiny CLIP on the world and save it as ``local-dir:`` (``videomask.tiny_clip``);
 5. ``scores``: score every word and patch of the target shards (``videomask.score``);
 6. ``inspect``: a scored sample with what difference- and random-masking would mask, and the
-   anchors (``videomask.inspect``).
+   anchors (``videomask.inspect``);
+7. ``train``: continued pretraining of the ``small`` preset with difference-masking
+   (``python -m videomask.train``, ``configs/train_default.yaml``).
 
 Each stage is skipped when its output is already complete, so rerunning is cheap
 and an interrupted demo continues where it stopped.
@@ -81,6 +83,23 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = world.WorldC
     return paths
 
 
+def pretrain(out: Path, overrides=()) -> Path:
+    """Stage 7: continued pretraining with the default config, pointed at ``out``'s scored shards."""
+    from . import train
+
+    t = stage("train: continued pretraining with difference-masking (small preset, CPU)")
+    run_dir = out / "train" / "difference"
+    if (run_dir / "model.safetensors").exists():
+        print(f"{run_dir} already trained")
+        return run_dir
+    cfg = train.load_config([train.DEFAULT_CONFIG], [f"data.train={out / 'scored' / 'target'}",
+                                                     f"data.anchors={out / 'anchors.json'}", f"run.out={run_dir}",
+                                                     "run.resume=auto", *overrides])
+    train.train(cfg)
+    print(f"{run_dir} ({time.perf_counter() - t:.1f}s)")
+    return run_dir
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m videomask", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +108,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     run(a.out, a.workers)
+    pretrain(a.out)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; outputs in {a.out}")
     return 0
 

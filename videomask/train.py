@@ -34,6 +34,7 @@ from .config import ConfigError, TrainConfig, load_config, to_yaml
 from .model import build_model, load_tokenizer
 
 CKPT = "checkpoint.pt"
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "train_default.yaml")
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -170,10 +171,16 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     files = [a for a in argv if not ("=" in a and not a.endswith((".yaml", ".yml")))]
     overrides = [a for a in argv if a not in files]
-    if not files and not any(o.startswith("data.train=") for o in overrides):
-        files = [str(Path(__file__).resolve().parent.parent / "configs" / "train_default.yaml")]
+    default = not files and not any(o.startswith("data.train=") for o in overrides)
+    if default:
+        files = [DEFAULT_CONFIG]
     try:
         cfg = load_config(files, overrides)
+        if default and not Path(cfg.data.train).exists():  # the embedded default: make its data first
+            from .__main__ import run
+
+            print(f"{cfg.data.train} is missing: running the demo's data stages first (python -m videomask)")
+            run(Path(cfg.data.train).parents[1])
         return train(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -260,10 +267,13 @@ def train(cfg: TrainConfig) -> int:
             with (nullcontext() if sync else model.no_sync()), autocast:
                 r = model(batch)
             if not torch.isfinite(r["loss"]):
-                checkpoint()  # the weights are still those of the last good step
+                finite = all(torch.isfinite(p).all() for p in raw_model.parameters())
+                if finite:  # this step has not been applied: the weights are the last good ones
+                    checkpoint()
+                where = out / CKPT if finite or (out / CKPT).exists() else "no checkpoint (none was good)"
                 raise FloatingPointError(f"non-finite loss {float(r['loss'])} at step {step} "
                                          f"({', '.join(f'{k}={float(v):.4g}' for k, v in r.items())}); the last good "
-                                         f"state is in {out / CKPT}")
+                                         f"state is in {where}")
             (r["loss"] / o.grad_accum).backward()
             for k, v in r.items():
                 logs[k] = logs.get(k, 0.0) + float(v.detach()) / o.grad_accum
