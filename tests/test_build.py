@@ -316,3 +316,22 @@ def test_pyav_backend_decodes_the_same_frames(tiny_world, tmp_path):
     a, b = samples_of(tmp_path / "decord"), samples_of(tmp_path / "pyav")
     assert [s["key"] for s in a] == [s["key"] for s in b]
     assert all((x["frames"] == y["frames"]).all() for x, y in zip(a, b))
+
+
+def test_csv_manifest_with_annotations_and_bad_rows(tiny_world, tmp_path):
+    rows = [json.loads(x) for x in (tiny_world / "target.jsonl").read_text().splitlines()][:2]
+    lines = ["video,transcript,split,label,question,answers,answer_idx"]
+    lines.append(f"{tiny_world / rows[0]['video']},{tiny_world / rows[0]['transcript']},test,hexagon,Which?,"
+                 f"red|blue|green|cyan,2")
+    lines.append(f"{tiny_world / rows[1]['video']},,train,x,Which?,\"[\"\"a\"\",\"\"b\"\"]\",one")
+    lines.append(",,train,,,,")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    m = build.build(tmp_path / "m.csv", tmp_path / "out", BuildOptions(frames=2, size=32, clip_seconds=3.0),
+                    progress=False)
+    (s,) = samples_of(tmp_path / "out")
+    assert s["meta"]["answers"] == ["red", "blue", "green", "cyan"] and s["meta"]["answer_idx"] == 2
+    assert s["meta"]["split"] == "test" and s["meta"]["label"] == "hexagon"
+    errors = (tmp_path / "out" / "errors.jsonl").read_text()
+    assert "m.csv:3" in errors and "answer_idx 'one' is not an integer" in errors
+    assert "m.csv:4" in errors and "neither a 'video' path" in errors
+    assert m["inputs"]["total"] == 3 and m["inputs"]["written"] == 1

@@ -176,7 +176,11 @@ def read_manifest(path: Path, default_split: str, text_field: str):
         extra = {k: v for k, v in row.items() if k not in RESERVED_FIELDS and k != text_field and v not in (None, "")}
         if isinstance(extra.get("answers"), str):
             a = extra["answers"]
-            extra["answers"] = json.loads(a) if a.startswith("[") else a.split("|")
+            try:
+                extra["answers"] = json.loads(a) if a.startswith("[") else a.split("|")
+            except json.JSONDecodeError as e:
+                errors.append(_error(where, f"answers is neither a JSON list nor '|'-separated: {e.msg}"))
+                continue
         if "answer_idx" in extra:
             try:
                 extra["answer_idx"] = int(extra["answer_idx"])
