@@ -78,6 +78,24 @@ def test_torchrun_two_processes_match_one_with_the_doubled_batch(scored_shards, 
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 5e-3
 
 
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_resumes(scored_shards, tiny_anchors, tmp_path):
+    args = ["optim.max_steps=4", "data.split_by=samples"]
+    one = common(scored_shards, tiny_anchors, tmp_path / "one", *args)
+    assert train_main(one) == 0
+    two = common(scored_shards, tiny_anchors, tmp_path / "fsdp", *args, "run.parallel=fsdp")
+    two[two.index("data.batch_size=4")] = "data.batch_size=2"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+              "-m", "videomask.train"]
+    for extra in (["run.stop_after=2"], ["run.resume=auto"]):  # interrupted half way, then resumed
+        r = subprocess.run([*launch, *two, *extra], capture_output=True, text=True, env=ENV, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    l1, l2 = [x["loss"] for x in metrics(tmp_path / "one")], [x["loss"] for x in metrics(tmp_path / "fsdp")]
+    assert len(l2) == 4 and all(abs(a - b) / a < 0.03 for a, b in zip(l1, l2)), (l1, l2)
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "fsdp" / "model.safetensors")
+    assert w1.keys() <= w2.keys() and max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 5e-3
+
+
 def test_text_only_training_with_a_hugging_face_masked_lm(tmp_path, tiny_anchors, tiny_scorer):
     docs = [f"the magenta hexagon {i} forms a lattice near the glyph and the red circle." for i in range(12)]
     (tmp_path / "corpus.txt").write_text("\n".join(docs))

@@ -78,8 +78,11 @@ class RunConfig:
     resume: str = ""  # "auto": continue from OUT's latest checkpoint
     overwrite: bool = False  # replace a different run in OUT
     stop_after: int = 0  # stop (with a checkpoint) after this many steps in this invocation: time-limited jobs
+    parallel: str = "ddp"  # several processes: "ddp" (replicas), or "fsdp" (shards parameters, grads, optimizer)
 
     def __post_init__(self):
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"run.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"run.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.resume not in ("", "auto"):

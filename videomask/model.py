@@ -113,8 +113,6 @@ class VideoLanguageModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.mlm = build_text(cfg, vocab_size)
-        self.text = self.mlm.base_model
-        self.head = next(m for n, m in self.mlm.named_children() if n != self.mlm.base_model_prefix)
         self.visual = build_vision(cfg)
         v = self.visual
         v.proj = None  # patch tokens are read before CLIP's pooled projection, which would train nothing
@@ -131,7 +129,17 @@ class VideoLanguageModel(nn.Module):
         self.frame_time = nn.Parameter(torch.randn(cfg.max_frames, hidden) * 0.02)
         self.modality = nn.Parameter(torch.randn(2, hidden) * 0.02)  # 0: text, 1: vision
         self.predictor = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, width))
-        self.log_inv_temp = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.log_inv_temp = nn.Parameter(torch.tensor([math.log(1 / 0.07)]))  # 1-D: FSDP shards no scalars
+
+    # the masked-LM's encoder and head, as views: registered once (under mlm), so that state dicts hold
+    # each weight under one name (FSDP cannot load aliased names)
+    @property
+    def text(self) -> nn.Module:
+        return self.mlm.base_model
+
+    @property
+    def head(self) -> nn.Module:
+        return next(m for n, m in self.mlm.named_children() if n != self.mlm.base_model_prefix)
 
     # -- vision -------------------------------------------------------------------------------
     def pixels(self, frames: torch.Tensor) -> torch.Tensor:
@@ -208,7 +216,7 @@ class VideoLanguageModel(nn.Module):
                     # negatives: the masked patches of the whole global batch, on every process
                     everyone, offset = gather_rows(F.normalize(target.float(), dim=-1))
                     sims = F.normalize(pred.float(), dim=-1) @ everyone.T
-                    logits_v = sims * self.log_inv_temp.exp().clamp(max=100)
+                    logits_v = sims * self.log_inv_temp.exp().clamp(max=100)[0]
                     gold = torch.arange(len(pred), device=pred.device) + offset
                     result["loss_patch"] = F.cross_entropy(logits_v, gold)
                     result["acc_patch"] = (logits_v.argmax(-1) == gold).float().mean()

@@ -111,8 +111,9 @@ def check_anchors(cfg: TrainConfig) -> str | None:
 
 
 # -- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model, opt, sched, step: int, epoch: int, batch_in_epoch: int, cfg: TrainConfig):
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+def save_checkpoint(path: Path, model_state, opt_state, sched, step: int, epoch: int, batch_in_epoch: int,
+                    cfg: TrainConfig):
+    state = {"model": model_state, "optimizer": opt_state, "scheduler": sched.state_dict(),
              "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config": to_yaml(cfg),
              "rng": torch.get_rng_state()}  # dropout and the like; masks have their own per-sample generators
     tmp = path.with_name(path.name + ".tmp")
@@ -120,18 +121,70 @@ def save_checkpoint(path: Path, model, opt, sched, step: int, epoch: int, batch_
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
 
 
-def load_checkpoint(path: Path, model, opt, sched, cfg: TrainConfig) -> dict:
+def read_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if _comparable(state["config"]) != _comparable(to_yaml(cfg)):
         raise ConfigError(f"{path} was written by a run with another configuration; not resuming (nothing changed)")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ConfigError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from None
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
     return state
+
+
+# -- parallelism --------------------------------------------------------------------------------
+def transformer_blocks(model) -> list:
+    """The blocks FSDP shards one by one: the joint encoder's layers and the ViT's."""
+    blocks = list(getattr(model.mlm.base_model.encoder, "layer", []))
+    if hasattr(model, "visual"):
+        blocks += list(model.visual.transformer.resblocks)
+    return blocks
+
+
+def wrap(model, cfg: TrainConfig, world: int, device):
+    """DDP or FSDP (FSDP2's ``fully_shard``: per block, then the rest); the model itself when alone."""
+    if world == 1:
+        return model
+    if cfg.run.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in transformer_blocks(model):
+            fully_shard(block)
+        fully_shard(model)  # in place: the module is now an FSDP module
+        return model
+    # a text-only batch leaves the vision tower without gradients: DDP must be told to expect that
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                                     find_unused_parameters=cfg.model.kind == "video")
+
+
+def full_state(model, opt, fsdp: bool):
+    """Unsharded model and optimizer state (a collective under FSDP: every process must call it)."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict(), opt.state_dict()
+
+
+def load_full_state(model, opt, state: dict, fsdp: bool):
+    try:
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                           options=StateDictOptions(full_state_dict=True))
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError) as e:
+        raise ConfigError("the checkpoint does not fit this model: " + " ".join(str(e).split())[:400]) from None
+
+
+def all_ranks_true(flag: bool, world: int, device) -> bool:
+    t = torch.tensor([float(flag)], device=device)
+    if world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def local(t):
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -205,23 +258,25 @@ def train(cfg: TrainConfig) -> int:
     val_loader = (make_loader(cfg, cfg.data.val or cfg.data.train, cfg.data.val_split, collate, rank, world, False)
                   if cfg.data.val_split else None)
 
+    fsdp = world > 1 and cfg.run.parallel == "fsdp"
+    model = wrap(model, cfg, world, device)
+    raw_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     o = cfg.optim
+    # created after wrapping: FSDP replaces the parameters by sharded ones
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay,
                             "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     step = epoch = skip = 0
     if cfg.run.resume == "auto" and (out / CKPT).exists():
-        state = load_checkpoint(out / CKPT, model, opt, sched, cfg)
+        state = read_checkpoint(out / CKPT, cfg)
+        load_full_state(raw_model, opt, state, fsdp)
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
         step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
         if rank == 0:
             print(f"resumed from {out / CKPT} at step {step}")
-    raw_model = model
-    if world > 1:
-        # a text-only batch leaves the vision tower without gradients: DDP must be told to expect that
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                                          find_unused_parameters=cfg.model.kind == "video")
     bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
@@ -236,9 +291,10 @@ def train(cfg: TrainConfig) -> int:
     started, batch_in_epoch, data_wait, t_log, steps_here = step, skip, 0.0, time.perf_counter(), 0
     model.train()
 
-    def checkpoint():
+    def checkpoint():  # every process calls it: gathering FSDP shards is a collective
+        model_state, opt_state = full_state(raw_model, opt, fsdp)
         if rank == 0:
-            save_checkpoint(out / CKPT, raw_model, opt, sched, step, epoch, batch_in_epoch, cfg)
+            save_checkpoint(out / CKPT, model_state, opt_state, sched, step, epoch, batch_in_epoch, cfg)
 
     def batches():  # endless: epochs of the shards (a fresh mask draw per epoch), resumable mid-epoch
         nonlocal epoch, batch_in_epoch
@@ -264,10 +320,14 @@ def train(cfg: TrainConfig) -> int:
             batch = to_device(next(it), device)
             data_wait += time.perf_counter() - tw
             sync = micro == o.grad_accum - 1 or world == 1
-            with (nullcontext() if sync else model.no_sync()), autocast:
+            if fsdp:
+                model.set_requires_gradient_sync(sync)
+            with (model.no_sync() if not sync and not fsdp else nullcontext()), autocast:
                 r = model(batch)
-            if not torch.isfinite(r["loss"]):
-                finite = all(torch.isfinite(p).all() for p in raw_model.parameters())
+            # every process takes the same branch, or the collectives below would wait forever
+            if not all_ranks_true(bool(torch.isfinite(r["loss"])), world, device):
+                finite = all_ranks_true(all(bool(torch.isfinite(local(p)).all()) for p in raw_model.parameters()),
+                                        world, device)
                 if finite:  # this step has not been applied: the weights are the last good ones
                     checkpoint()
                 where = out / CKPT if finite or (out / CKPT).exists() else "no checkpoint (none was good)"
@@ -278,7 +338,8 @@ def train(cfg: TrainConfig) -> int:
             for k, v in r.items():
                 logs[k] = logs.get(k, 0.0) + float(v.detach()) / o.grad_accum
         if o.clip > 0:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip))
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip)
+            logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -319,21 +380,28 @@ def train(cfg: TrainConfig) -> int:
     if rank == 0:
         metrics_file.close()
         writer.close()
-        if step >= o.max_steps:
-            export(raw_model, cfg, out)
+    if step >= o.max_steps:
+        export(raw_model, opt, cfg, out, rank, fsdp)
     if world > 1:
+        dist.barrier()  # no process leaves while another still talks to it (gloo aborted at exit without)
         dist.destroy_process_group()
     if rank == 0:
         print(f"trained {step - started} steps in this run; {out}")
     return 0
 
 
-def export(model, cfg: TrainConfig, out: Path):
-    """The final weights as safetensors + the resolved config, loadable without this checkpoint's optimizer."""
-    from safetensors.torch import save_model
+def export(model, opt, cfg: TrainConfig, out: Path, rank: int, fsdp: bool):
+    """The final weights as safetensors + the model config, loadable without the optimizer."""
+    from safetensors.torch import save_file, save_model
 
-    save_model(model, str(out / "model.safetensors"))
-    (out / "model_config.json").write_text(json.dumps(asdict(cfg.model), indent=1))
+    if fsdp:
+        state, _ = full_state(model, opt, fsdp)
+        if rank == 0:  # tied weights come back as separate copies: each is saved
+            save_file({k: v.contiguous().clone() for k, v in state.items()}, str(out / "model.safetensors"))
+    elif rank == 0:
+        save_model(model, str(out / "model.safetensors"))
+    if rank == 0:
+        (out / "model_config.json").write_text(json.dumps(asdict(cfg.model), indent=1))
 
 
 if __name__ == "__main__":
