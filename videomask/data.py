@@ -80,6 +80,11 @@ def shard_urls(path, split: str | None = None) -> list[str]:
     return urls
 
 
+def frame_names(members) -> list[str]:
+    """The frame members (``f000.jpg``, ``f001.jpg``, ...) of a sample, in frame order."""
+    return sorted((n for n in members if FRAME_RE.match(n)), key=lambda n: int(FRAME_RE.match(n).group(1)))
+
+
 def decode_jpeg(data: bytes) -> np.ndarray:
     """JPEG bytes -> uint8 [H, W, 3] (libjpeg-turbo through Pillow)."""
     with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:  # JPEG only: no format sniffing
@@ -119,23 +124,21 @@ def to_sample(sample: dict, frames: bool = True) -> dict:
     meta = sample.get("json")
     if not isinstance(meta, dict):
         raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no .json metadata")
-    frame_names = sorted((n for n in sample if FRAME_RE.match(n)), key=lambda n: int(FRAME_RE.match(n).group(1)))
+    names = frame_names(sample)
     expected = len(meta.get("frame_indices", []))
-    if len(frame_names) != expected:
-        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has {len(frame_names)} frames, "
+    if len(names) != expected:
+        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has {len(names)} frames, "
                          f"its metadata lists {expected} (truncated shard?)")
-    if not frames:
-        frame_names = []
-    frames = None
-    if frame_names:
-        first = decode_jpeg(sample[frame_names[0]])
-        buf = np.empty((len(frame_names), *first.shape), dtype=np.uint8)  # filled in place: np.stack was 5x slower
+    decoded = None
+    if frames and names:
+        first = decode_jpeg(sample[names[0]])
+        buf = np.empty((len(names), *first.shape), dtype=np.uint8)  # filled in place: np.stack was 5x slower
         buf[0] = first
-        for t, n in enumerate(frame_names[1:], 1):
+        for t, n in enumerate(names[1:], 1):
             buf[t] = decode_jpeg(sample[n])
         # [T, 3, S, S] uint8, a view of channels-last memory: batching copies it once, no need to here
-        frames = torch.from_numpy(buf).permute(0, 3, 1, 2)
-    out = {"key": sample["__key__"], "url": sample.get("__url__"), "frames": frames, "text": sample.get("txt", ""),
+        decoded = torch.from_numpy(buf).permute(0, 3, 1, 2)
+    out = {"key": sample["__key__"], "url": sample.get("__url__"), "frames": decoded, "text": sample.get("txt", ""),
            "words": meta.get("words", []), "meta": meta}
     for name, value in sample.items():  # extra arrays, e.g. scores written by the scoring stage
         if isinstance(value, np.ndarray):

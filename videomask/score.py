@@ -39,7 +39,7 @@ from tqdm import tqdm
 from . import anchors as anchors_mod
 from .build import _atomic_write, sha256_of
 from .clip import ClipScorer, aggregate
-from .data import FRAME_RE, decode_jpeg
+from .data import decode_jpeg, frame_names
 
 
 class ScoringError(ValueError):
@@ -110,8 +110,7 @@ class Scorer:
                 if "scores" in meta and not self.rescore:
                     raise ScoringError(f"{shard}: sample {key} is already scored (anchors {meta['scores'].get('anchors_hash')}"
                                        "); pass --rescore to replace its scores")
-                names = sorted((s for s in d if FRAME_RE.match(s)), key=lambda s: int(FRAME_RE.match(s).group(1)))
-                arr = [decode_jpeg(d[n]) for n in names]
+                arr = [decode_jpeg(d[n]) for n in frame_names(d)]
             except ScoringError:
                 raise
             except Exception as e:  # a corrupt JPEG or JSON: reported, never silently dropped

@@ -335,8 +335,10 @@ def train(cfg: TrainConfig) -> int:
                                          f"({', '.join(f'{k}={float(v):.4g}' for k, v in r.items())}); the last good "
                                          f"state is in {where}")
             (r["loss"] / o.grad_accum).backward()
-            for k, v in r.items():
-                logs[k] = logs.get(k, 0.0) + float(v.detach()) / o.grad_accum
+            # one device-to-host copy for all metrics (one sync per micro-step, not one per metric)
+            values = torch.stack([v.detach().float().reshape(()) for v in r.values()]).tolist()
+            for k, v in zip(r, values):
+                logs[k] = logs.get(k, 0.0) + v / o.grad_accum
         if o.clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip)
             logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
