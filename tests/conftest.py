@@ -86,3 +86,17 @@ def scored_shards(tiny_shards, tiny_anchors, tiny_scorer, tmp_path_factory):
     score.score_shards(tiny_shards["target"], out, tiny_anchors, f"local-dir:{tiny_scorer}", image_prompt="{}",
                        progress=False)
     return out
+
+
+#: a QA world: enough clips for a test split that tells learning from chance (144 test questions)
+QA_WORLD = world.WorldConfig(general=1, target=480, size=32, fps=4, segments=2, segment_seconds=1.0,
+                             val_fraction=0.2, test_fraction=0.3, seed=1)
+
+
+@pytest.fixture(scope="session")
+def qa_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qa")
+    world.make_world(root / "world", QA_WORLD)
+    build.build(root / "world" / "target.jsonl", root / "shards", build.BuildOptions(frames=2, size=32,
+                                                                                      clip_seconds=2.0), progress=False)
+    return root / "shards"

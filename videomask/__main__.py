@@ -9,8 +9,11 @@ Runs every stage of the pipeline on the synthetic clip world, on CPU:
 5. ``scores``: score every word and patch of the target shards (``videomask.score``);
 6. ``inspect``: a scored sample with what difference- and random-masking would mask, and the
    anchors (``videomask.inspect``);
-7. ``train``: continued pretraining of the ``small`` preset with difference-masking
-   (``python -m videomask.train``, ``configs/train_default.yaml``).
+7. ``ablation``: continued pretraining of the ``small`` preset (``configs/train_default.yaml``)
+   with random and with difference masking, then a linear probe on the world's 4-way colour
+   questions for both and for the base model without continued pretraining
+   (``videomask.experiments``, ``configs/ablation_demo.yaml``): ``ablation/results.md``,
+   ``results.csv`` and ``results.png``.
 
 Each stage is skipped when its output is already complete, so rerunning is cheap
 and an interrupted demo continues where it stopped.
@@ -25,6 +28,9 @@ from pathlib import Path
 
 from . import anchors, build, inspect, score, tiny_clip, world
 
+#: the demo's world: 320 target clips, so that the downstream questions have 192 for training and
+#: 80 for the test (fewer, and the linear probe has too little to learn from)
+DEMO_WORLD = world.WorldConfig(general=24, target=320, val_fraction=0.15, test_fraction=0.25)
 #: the demo's frame sampling: one 6 s clip per synthetic video, 8 frames of 128 px
 DEMO_BUILD = build.BuildOptions(frames=8, size=128, clip_seconds=6.0, max_samples=64)
 #: the tiny scorer was fitted on bare words and phrases, not on CLIP's "a photo of a ..." prompts
@@ -36,7 +42,7 @@ def stage(name: str):
     return time.perf_counter()
 
 
-def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = world.WorldConfig(),
+def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = DEMO_WORLD,
         build_opts: build.BuildOptions = DEMO_BUILD, clip_steps: int = 200) -> dict:
     out = Path(out)
     paths = {"world": out / "world", "shards": out / "shards", "anchors": out / "anchors.json",
@@ -83,21 +89,20 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = world.WorldC
     return paths
 
 
-def pretrain(out: Path, overrides=()) -> Path:
-    """Stage 7: continued pretraining with the default config, pointed at ``out``'s scored shards."""
-    from . import train
+def ablation(out: Path) -> list[dict]:
+    """Stages 7-8: continued pretraining with random and with difference masking, then the linear
+    probe on the world's colour questions for both and for the base model (``configs/ablation_demo.yaml``
+    with this run's paths); the table and bar chart land in ``out/ablation``."""
+    from . import experiments
+    from .config import CONFIG_DIR
 
-    t = stage("train: continued pretraining with difference-masking (small preset, CPU)")
-    run_dir = out / "train" / "difference"
-    if (run_dir / "model.safetensors").exists():
-        print(f"{run_dir} already trained")
-        return run_dir
-    cfg = train.load_config([train.DEFAULT_CONFIG], [f"data.train={out / 'scored' / 'target'}",
-                                                     f"data.anchors={out / 'anchors.json'}", f"run.out={run_dir}",
-                                                     "run.resume=auto", *overrides])
-    train.train(cfg)
-    print(f"{run_dir} ({time.perf_counter() - t:.1f}s)")
-    return run_dir
+    stage("ablation: continued pretraining (random, difference) -> MC-QA linear probe -> table")
+    cfg = experiments.load_config([CONFIG_DIR / "ablation_demo.yaml"], [
+        f"out={out / 'ablation'}", f"pretrain_files=[{CONFIG_DIR / 'train_default.yaml'}]",
+        f"finetune_files=[{CONFIG_DIR / 'finetune_demo.yaml'}]",
+        f"pretrain=[data.train={out / 'scored' / 'target'},data.anchors={out / 'anchors.json'}]",
+        f"finetune=[shards={out / 'scored' / 'target'}]"])
+    return experiments.run(cfg)
 
 
 def main(argv=None) -> int:
@@ -108,7 +113,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     run(a.out, a.workers)
-    pretrain(a.out)
+    ablation(a.out)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; outputs in {a.out}")
     return 0
 

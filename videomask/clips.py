@@ -102,7 +102,7 @@ def process(inp: Input, opts: BuildOptions):
         except (TranscriptError, OSError) as e:
             return [], [_err(inp, str(e), stage="transcript")]
     try:
-        reader = open_video(inp.video, opts.backend)
+        reader = open_video(inp.video, opts.backend, fps=inp.fps)
     except (VideoError, OSError) as e:
         return [], [_err(inp, str(e))]
     info = reader.info
@@ -117,7 +117,15 @@ def process(inp: Input, opts: BuildOptions):
                          stage="transcript")]
     words = timed_words(cues, info.duration)
     samples, errors = [], []
-    for c, (t0, t1) in enumerate(plan_clips(cues, info.duration, opts, timed)):
+    if inp.window is not None:  # one clip of the given span (a QA's timestamps), clamped to the video
+        t0, t1 = inp.window[0], min(inp.window[1], info.duration)
+        if t1 - t0 <= 0:
+            return [], [_err(inp, f"window {inp.window[0]}..{inp.window[1]}s starts after the video's end "
+                                  f"({info.duration:.2f}s)")]
+        windows = [(t0, t1)]
+    else:
+        windows = plan_clips(cues, info.duration, opts, timed)
+    for c, (t0, t1) in enumerate(windows):
         indices = sample_indices(t0, t1, opts.frames, info)
         try:
             frames = reader.frames(indices)

@@ -104,18 +104,20 @@ def _load_yaml(path: Path):
     return OmegaConf.load(path)
 
 
-def load_config(files=(), overrides=()) -> TrainConfig:
-    """Layer defaults, the preset, ``files`` and ``overrides`` into a validated ``TrainConfig``."""
+def load_config(files=(), overrides=(), schema=TrainConfig):
+    """Layer defaults, the preset, ``files`` and ``overrides`` into a validated ``schema`` (a dataclass
+    with a ``model`` field: ``TrainConfig`` or ``videomask.finetune.FinetuneConfig``)."""
     try:
-        schema = OmegaConf.structured(TrainConfig)
+        schema = OmegaConf.structured(schema)
         layers = [_load_yaml(Path(f)) for f in files] + [OmegaConf.from_dotlist(list(overrides))]
         probe = OmegaConf.merge(schema, *layers)
         preset = probe.model.preset
         preset_file = CONFIG_DIR / "model" / f"{preset}.yaml"
-        if not preset_file.exists():
+        if preset and not preset_file.exists():
             known = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
             raise ConfigError(f"unknown model preset {preset!r}; known: {', '.join(known)}")
-        merged = OmegaConf.merge(schema, _load_yaml(preset_file), *layers)
+        # preset "" (fine-tuning): the architecture comes from the checkpoint
+        merged = OmegaConf.merge(schema, *([_load_yaml(preset_file)] if preset else []), *layers)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
@@ -125,5 +127,5 @@ def load_config(files=(), overrides=()) -> TrainConfig:
         raise ConfigError(str(e)) from None
 
 
-def to_yaml(cfg: TrainConfig) -> str:
+def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(asdict(cfg)))

@@ -2,39 +2,48 @@
 
 Tasks (``task``):
 
-- ``mcqa``: multiple-choice video QA. Each (clip, question + candidate answer) pair is
-  encoded (text pair: "question answer" / the clip's transcript, plus the frames); a
-  linear head scores the joint [CLS] state; a softmax over the candidates is trained.
-  Samples may have different numbers of candidates: the missing ones are masked out.
-- ``clip_cls``: a clip-level label (the metadata's ``label``) from the joint [CLS] state.
-- ``text_cls``: a text label from a text-only model (``model.kind=text``).
+- ``mcqa``: multiple-choice video QA (TVQA, Social-IQ, the synthetic world's colour
+  questions). Each (clip, "question answer" / transcript) pair is encoded, a linear head
+  scores it, and a softmax over the candidates is trained. The frames go through the ViT
+  once per clip, not once per candidate. Samples may have different numbers of
+  candidates: the missing ones are masked out and never win.
+- ``clip_cls``: a clip-level label (the metadata's ``label``).
+- ``text_cls``: a text label (ChemProt, ACL-ARC) from a text-only model (``model.kind=text``).
 
-Modes: ``probe`` (the authors' video protocol: only the head trains, the encoder is
-frozen) or ``full``. The encoder comes from a continued-pretraining run folder
-(``init=RUN``: ``model.safetensors`` + ``model_config.json``) or, for the
-no-continued-pretraining baseline, straight from the base model (``init=`` empty,
-``model.*`` as in training). Early stopping on validation accuracy; the test
-metrics (accuracy, macro-F1, micro-F1) come from the best validation epoch and are
-written to ``OUT/metrics.json`` with a confusion-matrix PNG.
+Modes: ``probe`` (the authors' video protocol: only the head trains) or ``full``. In probe
+mode every sample is encoded once (``cache_features``) and the head trains on the stored
+features, so epochs cost nothing. The encoder comes from a continued-pretraining run
+(``init=RUN``) or, for the no-continued-pretraining baseline, from the base model
+(``init=`` empty, ``model.preset`` and ``model.*`` as in training).
+
+Shares the trainer's engine (``videomask.engine``): ``torchrun`` (DDP; the data is split
+by sample across processes, uneven ends handled by DDP's join), the ``run`` section
+(out, seed, device, precision, resume, overwrite), a checkpoint per epoch
+(``run.resume=auto`` continues), ``metrics.jsonl`` and TensorBoard. Early stopping on the
+validation ``select`` metric; the test metrics (accuracy, macro-F1, micro-F1) come from
+the best validation epoch, written to ``OUT/metrics.json`` with a confusion-matrix PNG.
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from . import data, metrics
-from .config import ConfigError
+from . import data, engine, metrics
+from .config import ConfigError, RunConfig
+from .config import load_config as _load_layered
 from .model import ModelConfig, TextMLM, VideoLanguageModel, build_model, load_tokenizer
+
+CKPT = "finetune_checkpoint.pt"
 
 
 @dataclass
@@ -42,55 +51,60 @@ class FinetuneConfig:
     task: str = "mcqa"
     mode: str = "probe"
     init: str = ""  # a continued-pretraining run folder; "" = the base model described by `model`
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # preset "": the architecture of `init`; a preset that differs from init's is an error
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(preset=""))
     shards: str = ""  # shards with the labels / QA fields in their metadata
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
-    batch_size: int = 8
+    batch_size: int = 8  # clips (mcqa: each with all its candidates) per process
     max_text_len: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
     epochs: int = 20
-    patience: int = 5  # epochs without a better validation accuracy before stopping
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/finetune"
+    patience: int = 5  # epochs without a better validation score before stopping
+    select: str = "accuracy"  # the validation metric for early stopping: accuracy, macro_f1 (ACL-ARC), micro_f1
+    cache_features: bool = True  # probe mode: encode every sample once, train the head on the features
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/finetune"))
 
     def __post_init__(self):
         if self.task not in ("mcqa", "clip_cls", "text_cls"):
             raise ConfigError(f"task must be mcqa, clip_cls or text_cls, got {self.task!r}")
         if self.mode not in ("probe", "full"):
             raise ConfigError(f"mode must be probe or full, got {self.mode!r}")
+        if self.select not in ("accuracy", "macro_f1", "micro_f1"):
+            raise ConfigError(f"select must be accuracy, macro_f1 or micro_f1, got {self.select!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.patience < 1:
             raise ConfigError("epochs, batch_size, patience >= 1 and lr > 0")
+        if self.run.parallel != "ddp":
+            raise ConfigError("fine-tuning runs with run.parallel=ddp (the encoders fit one device)")
 
 
 def load_config(files=(), overrides=()) -> FinetuneConfig:
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), *[OmegaConf.load(f) for f in files],
-                                 OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"config error{f' at {key}' if key else ''}: {str(e).splitlines()[0]}") from None
+    return _load_layered(files, overrides, schema=FinetuneConfig)
 
 
-def load_encoder(cfg: FinetuneConfig, vocab_size: int):
-    """The encoder to fine-tune, from a pretraining run or from the base model."""
+def load_encoder(cfg: FinetuneConfig):
+    """(the encoder to fine-tune, its model config), from a pretraining run or the base model."""
     if not cfg.init:
-        return build_model(cfg.model, vocab_size), cfg.model
+        if not cfg.model.preset:
+            raise ConfigError("give init=RUN (a continued-pretraining run) or model.preset (the base model)")
+        return build_model(cfg.model, len(load_tokenizer(cfg.model))), cfg.model
     run = Path(cfg.init)
     if not (run / "model.safetensors").exists():
         raise ConfigError(f"init={run}: no model.safetensors (is it a finished `python -m videomask.train` run?)")
     saved = ModelConfig(**json.loads((run / "model_config.json").read_text()))
-    if cfg.model.preset != ModelConfig().preset and cfg.model.preset != saved.preset:
+    if cfg.model.preset and cfg.model.preset != saved.preset:
         raise ConfigError(f"init={run} holds a {saved.preset!r} model, but this config asks for "
                           f"model.preset={cfg.model.preset!r}")
     from safetensors.torch import load_model
 
-    model = build_model(saved, vocab_size)
-    load_model(model, str(run / "model.safetensors"))
+    model = build_model(saved, len(load_tokenizer(saved)))
+    try:
+        load_model(model, str(run / "model.safetensors"))
+    except RuntimeError as e:
+        raise ConfigError(f"init={run}: the weights do not fit its model_config.json: "
+                          + " ".join(str(e).split())[:300]) from None
     return model, saved
 
 
@@ -115,23 +129,28 @@ class Finetuner(nn.Module):
         return (states * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def pooled(self, batch) -> torch.Tensor:
+        """[N, D]: one feature row per text (mcqa: per candidate)."""
         ids, attn = batch["input_ids"], batch["attention_mask"]
         if not self.video:
             return self._mean(self.encoder.mlm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state, attn)
-        out, _ = self.encoder.joint(ids, attn, batch.get("frames"), batch.get("frame_valid"))
+        repeat = int(batch.get("repeat", 1))
+        out, _ = self.encoder.joint(ids, attn, batch.get("frames"), batch.get("frame_valid"), repeat=repeat)
         L = ids.shape[1]
         text = self._mean(out[:, :L], attn)
         if out.shape[1] == L:
             return torch.cat([text, torch.zeros_like(text)], -1)
         per_frame = (out.shape[1] - L) // batch["frame_valid"].shape[1]
-        valid = batch["frame_valid"].repeat_interleave(per_frame, dim=1)  # [B, T * P]
+        valid = batch["frame_valid"].repeat_interleave(per_frame, dim=1).repeat_interleave(repeat, 0)  # [N, T * P]
         return torch.cat([text, self._mean(out[:, L:], valid)], -1)
 
-    def forward(self, batch) -> torch.Tensor:
-        logits = self.head(self.pooled(batch))
-        if "candidates" in batch:  # [B * K, 1] -> [B, K], padded candidates never win
-            logits = logits.view(batch["candidates"].shape).masked_fill(~batch["candidates"], float("-inf"))
+    def scores(self, features: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+        logits = self.head(features.float())
+        if candidates is not None:  # [B * K, 1] -> [B, K], padded candidates never win
+            logits = logits.view(candidates.shape).masked_fill(~candidates, float("-inf"))
         return logits
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.scores(self.pooled(batch), batch.get("candidates"))
 
 
 class Collate:
@@ -140,10 +159,11 @@ class Collate:
     def __init__(self, cfg: FinetuneConfig, tokenizer, labels: list[str] | None):
         self.cfg, self.tok, self.labels = cfg, tokenizer, labels
 
-    def frames(self, samples, repeat=1):
+    @staticmethod
+    def frames(samples):
         if samples[0].get("frames") is None:
             return {}
-        frames = torch.stack([s["frames"] for s in samples]).repeat_interleave(repeat, 0)
+        frames = torch.stack([s["frames"] for s in samples])
         return {"frames": frames, "frame_valid": torch.ones(frames.shape[:2], dtype=torch.bool)}
 
     def __call__(self, samples):
@@ -164,7 +184,7 @@ class Collate:
             enc = self.tok(firsts, seconds, padding=True, truncation="only_second", max_length=cfg.max_text_len,
                            return_tensors="pt")
             batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "candidates": cands,
-                     **self.frames(samples, k_max)}
+                     "repeat": k_max, **self.frames(samples)}
         else:
             gold = []
             for s in samples:
@@ -181,93 +201,237 @@ class Collate:
         return batch
 
 
-def read_split(cfg: FinetuneConfig, split: str) -> list[dict]:
+# -- data: streamed from the shards, split by sample across processes -------------------------------
+def split_info(cfg: FinetuneConfig, split: str) -> tuple[int, list[str], int]:
+    """(number of samples, sorted labels, most candidates) of a split, from the metadata alone."""
     try:
-        samples = list(data.dataset(cfg.shards, split, frames=cfg.task != "text_cls",
-                                    handler=data.ErrorCounter(strict=True)))
+        metas = [s["meta"] for s in data.dataset(cfg.shards, split, frames=False, split_by_node=False,
+                                                 handler=data.ErrorCounter(strict=True))]
     except FileNotFoundError:
-        samples = []
-    if not samples:
+        metas = []
+    if not metas:
         raise ConfigError(f"{cfg.shards}: the {split!r} split is empty; fine-tuning needs train, val and test splits")
-    return samples
+    if cfg.task == "mcqa":
+        missing = [m.get("key") for m in metas if not {"question", "answers", "answer_idx"} <= set(m)]
+        if missing:
+            raise ConfigError(f"{cfg.shards} ({split}): {len(missing)} samples lack question/answers/answer_idx, "
+                              f"e.g. {missing[0]} (task=mcqa needs QA metadata)")
+    labels = sorted({str(m.get("label")) for m in metas})
+    return len(metas), labels, max((len(m.get("answers", [])) for m in metas), default=0)
 
 
-def batches(samples, collate, batch_size, rng=None):
-    order = rng.permutation(len(samples)) if rng is not None else np.arange(len(samples))
-    for i in range(0, len(samples), batch_size):
-        yield collate([samples[j] for j in order[i:i + batch_size]])
+def stream(cfg: FinetuneConfig, split: str, collate, rank: int, world: int, seed: int | None = None):
+    """Batches of this process's samples (sample i goes to process i % world), with their indices.
+    ``seed``: shuffled (a buffer of 1000 samples, seeded, so each epoch has its own order)."""
+    pipe = data.dataset(cfg.shards, split, frames=cfg.task != "text_cls", split_by_node=False,
+                        shuffle=1000 if seed is not None else 0, seed=seed or 0,
+                        handler=data.ErrorCounter(strict=True))
+    buf, idx = [], []
+    for i, s in enumerate(pipe):
+        if i % world == rank:
+            buf.append(s)
+            idx.append(i)
+            if len(buf) == cfg.batch_size:
+                yield idx, collate(buf)
+                buf, idx = [], []
+    if buf:
+        yield idx, collate(buf)
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+def gather_predictions(local: list[tuple[int, int, int]], world: int):
+    """[(index, gold, pred)] of every process -> gold, pred in sample order."""
+    rows = sorted(r for part in engine.gather_objects(local, world) for r in part)
+    return [g for _, g, _ in rows], [p for _, _, p in rows]
 
 
 @torch.no_grad()
-def predict(model, samples, collate, cfg, device):
+def predict(model, cfg, split, collate, rank, world, device, autocast):
     model.eval()
-    gold, pred = [], []
-    for b in batches(samples, collate, cfg.batch_size):
-        logits = model({k: v.to(device) for k, v in b.items()})
-        gold += b["gold"].tolist()
-        pred += logits.argmax(-1).cpu().tolist()
-    return gold, pred
+    local = []
+    for idx, b in stream(cfg, split, collate, rank, world):
+        b = engine.to_device(b, device)
+        with autocast:
+            logits = model(b)
+        local += list(zip(idx, b["gold"].tolist(), logits.argmax(-1).tolist()))
+    return gather_predictions(local, world)
 
 
-def finetune(cfg: FinetuneConfig) -> dict:
-    torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device == "auto" else
-                          "cpu" if cfg.device == "auto" else cfg.device)
-    if not cfg.shards:
-        raise ConfigError("shards is empty: give the shards whose metadata holds the labels or QA fields")
-    train, val, test = (read_split(cfg, s) for s in (cfg.train_split, cfg.val_split, cfg.test_split))
-    tokenizer = load_tokenizer(cfg.model)
-    encoder, model_cfg = load_encoder(cfg, len(tokenizer))
+@torch.no_grad()
+def encode_split(model, cfg, split, collate, rank, world, device, autocast):
+    """Probe features of a whole split, on every process: (features [N, K, D] or [N, D],
+    candidates [N, K] or None, gold [N])."""
+    model.eval()
+    local = []
+    for idx, b in stream(cfg, split, collate, rank, world):
+        b = engine.to_device(b, device)
+        with autocast:
+            f = model.pooled(b).float()
+        if "candidates" in b:
+            f = f.view(*b["candidates"].shape, -1)
+        for j, i in enumerate(idx):
+            local.append((i, f[j].cpu(), None if "candidates" not in b else b["candidates"][j].cpu(),
+                          int(b["gold"][j])))
+    rows = sorted((r for part in engine.gather_objects(local, world) for r in part), key=lambda r: r[0])
+    if cfg.task != "mcqa":
+        return torch.stack([r[1] for r in rows]), None, torch.tensor([r[3] for r in rows])
+    k = max(r[1].shape[0] for r in rows)  # batches were padded to their own longest: pad to the split's
+    feats = torch.zeros(len(rows), k, rows[0][1].shape[-1])
+    cands = torch.zeros(len(rows), k, dtype=torch.bool)
+    for n, r in enumerate(rows):
+        feats[n, :r[1].shape[0]], cands[n, :r[2].shape[0]] = r[1], r[2]
+    return feats, cands, torch.tensor([r[3] for r in rows])
+
+
+def cached_predict(model, split_features):
+    feats, cands, gold = split_features
+    with torch.no_grad():
+        logits = model.scores(feats, cands)
+    return gold.tolist(), logits.argmax(-1).tolist()
+
+
+# -- main -----------------------------------------------------------------------------------------
+def build_finetuner(cfg: FinetuneConfig, labels: list[str] | None):
+    """(model, the module that trains: the head in probe mode, else the model, tokenizer)."""
+    encoder, model_cfg = load_encoder(cfg)
     if cfg.task == "text_cls" and not isinstance(encoder, TextMLM):
         raise ConfigError("task text_cls needs a text model (model.kind=text)")
     if cfg.task != "text_cls" and not isinstance(encoder, VideoLanguageModel):
         raise ConfigError(f"task {cfg.task} needs the video-language model (model.kind=video)")
-    labels = sorted({str(s["meta"].get("label")) for s in train}) if cfg.task != "mcqa" else None
-    n_out = 1 if cfg.task == "mcqa" else len(labels)
-    model = Finetuner(encoder, n_out).to(device)
+    model = Finetuner(encoder, 1 if cfg.task == "mcqa" else len(labels))
     if cfg.mode == "probe":
         model.encoder.requires_grad_(False)
+    return model, model.head if cfg.mode == "probe" else model, load_tokenizer(model_cfg)
+
+
+def train_step(model, opt, batch, autocast=nullcontext()) -> float:
+    with autocast:
+        loss = F.cross_entropy(model(batch).float(), batch["gold"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    rank, world, device = engine.setup_distributed(cfg.run)
+    result = _finetune(cfg, rank, world, device)  # an error ends this process; torchrun then stops the others
+    engine.teardown(world)
+    return result
+
+
+def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
+    if not cfg.shards:
+        raise ConfigError("shards is empty: give the shards whose metadata holds the labels or QA fields")
+    (n_train, labels, _), (n_val, _, _), (n_test, test_labels, k_test) = (
+        split_info(cfg, s) for s in (cfg.train_split, cfg.val_split, cfg.test_split))
+    if cfg.task != "mcqa":
+        unseen = sorted(set(test_labels) - set(labels))
+        if unseen:  # said before training, not after an hour of it
+            raise ValueError(f"{cfg.shards}: test labels {unseen} never occur in the {cfg.train_split!r} split "
+                             f"(known: {', '.join(labels)}); the head cannot predict them")
+    else:
+        labels = None
+    torch.manual_seed(cfg.run.seed)
+    model, trainable, tokenizer = build_finetuner(cfg, labels)  # before the run folder: a bad init writes nothing
+    out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl", "metrics.json"))
+    model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     collate = Collate(cfg, tokenizer, labels)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(asdict(cfg))))
-    rng = np.random.default_rng(cfg.seed)
-    best, best_state, history, waited = -1.0, None, [], 0
-    for epoch in range(cfg.epochs):
+    autocast = engine.autocast(cfg.run, device)
+    cached = cfg.mode == "probe" and cfg.cache_features
+    if cached:  # the encoder is frozen: its features are computed once, split across processes
+        feats = {s: encode_split(model, cfg, s, collate, rank, world, device, autocast)
+                 for s in (cfg.train_split, cfg.val_split)}
+        # every process then trains the (tiny) head on all features, identically: no DDP needed
+        ddp = model
+    else:
+        # the pretraining heads (MLM, patch predictor, mask token) get no gradients here: DDP must expect that
+        ddp = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    start, best, best_state, history, waited = 0, -1.0, None, [], 0
+    if cfg.run.resume == "auto" and (out / CKPT).exists():
+        st = engine.read_checkpoint(out / CKPT, cfg)
+        trainable.load_state_dict(st["trainable"])
+        opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["rng"])
+        start, best, best_state, history, waited = (st["epoch"] + 1, st["best"], st["best_state"], st["history"],
+                                                    st["waited"])
+        if rank == 0:
+            print(f"resumed from {out / CKPT} after epoch {st['epoch']}")
+    log = engine.MetricsLog(out, rank)
+    stopped, epochs_here = waited >= cfg.patience, 0
+    for epoch in range(start, cfg.epochs):
+        if stopped:
+            break
+        if cfg.run.stop_after and epochs_here >= cfg.run.stop_after:  # time-limited jobs: resume later
+            log.close()
+            if rank == 0:
+                print(f"stopped after epoch {epoch - 1} (run.stop_after={cfg.run.stop_after}); "
+                      "continue with run.resume=auto")
+            return {"stopped": True, "epoch": epoch - 1, "history": history}
+        epochs_here += 1
         model.train()
         if cfg.mode == "probe":
             model.encoder.eval()  # a frozen encoder: no dropout either
         losses = []
-        for b in batches(train, collate, cfg.batch_size, rng):
-            b = {k: v.to(device) for k, v in b.items()}
-            loss = F.cross_entropy(model(b), b["gold"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss))
-        gold, pred = predict(model, val, collate, cfg, device)
-        acc = float(np.mean(np.asarray(gold) == np.asarray(pred)))
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_accuracy": acc})
-        print(f"epoch {epoch}: train loss {np.mean(losses):.4f}, val accuracy {acc:.4f}", flush=True)
-        if acc > best:
-            best, waited = acc, 0
-            best_state = copy.deepcopy(model.head.state_dict() if cfg.mode == "probe" else model.state_dict())
+        if cached:
+            f, c, g = feats[cfg.train_split]
+            order = torch.from_numpy(np.random.default_rng([cfg.run.seed, epoch]).permutation(len(g)))
+            for i in range(0, len(g), cfg.batch_size):
+                j = order[i:i + cfg.batch_size]
+                loss = F.cross_entropy(model.scores(f[j].to(device), None if c is None else c[j].to(device)),
+                                       g[j].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            gold, pred = cached_predict(model, tuple(t if t is None else t.to(device) for t in feats[cfg.val_split]))
+        else:
+            # processes may hold one batch more than others: DDP's join lets the short ones wait
+            with ddp.join() if world > 1 else nullcontext():
+                for _, b in stream(cfg, cfg.train_split, collate, rank, world, seed=cfg.run.seed * 1000 + epoch):
+                    losses.append(train_step(ddp, opt, engine.to_device(b, device), autocast))
+            gold, pred = predict(model, cfg, cfg.val_split, collate, rank, world, device, autocast)
+        n_classes = len(labels) if labels else max(pred + gold) + 1
+        val = metrics.scores(gold, pred, n_classes)
+        score = val[cfg.select]
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+        history.append(row)
+        log.write(row, epoch)
+        if rank == 0:
+            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val {cfg.select} {score:.4f}", flush=True)
+        if score > best:
+            best, waited = score, 0
+            best_state = copy.deepcopy(trainable.state_dict())
         else:
             waited += 1
-            if waited >= cfg.patience:
-                break
-    (model.head if cfg.mode == "probe" else model).load_state_dict(best_state)
-    torch.save(best_state, out / "best.pt")
-    n_classes = len(labels) if labels else max(len(s["meta"]["answers"]) for s in test)
+            stopped = waited >= cfg.patience
+        if rank == 0:
+            engine.save_checkpoint(out / CKPT, {"trainable": trainable.state_dict(), "optimizer": opt.state_dict(),
+                                                "rng": torch.get_rng_state(), "epoch": epoch, "best": best,
+                                                "best_state": best_state, "history": history, "waited": waited}, cfg)
+    log.close()
+    trainable.load_state_dict(best_state)
+    if cached:
+        test_feats = encode_split(model, cfg, cfg.test_split, collate, rank, world, device, autocast)
+        gold, pred = cached_predict(model, tuple(t if t is None else t.to(device) for t in test_feats))
+    else:
+        gold, pred = predict(model, cfg, cfg.test_split, collate, rank, world, device, autocast)
+    n_classes = len(labels) if labels else k_test
     names = labels or [f"answer {i}" for i in range(n_classes)]
-    result = {"task": cfg.task, "mode": cfg.mode, "init": cfg.init or "base model", "best_val_accuracy": best,
-              "test": metrics.scores(*predict(model, test, collate, cfg, device), n_classes), "labels": names,
-              "history": history, "trainable_parameters": sum(p.numel() for p in params)}
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    metrics.confusion_png(result["test"]["confusion"], names, out / "confusion.png",
-                          f"{cfg.task} ({cfg.mode}): test accuracy {result['test']['accuracy']:.3f}")
+    result = {"stopped": False, "task": cfg.task, "mode": cfg.mode, "init": cfg.init or "base model", "select": cfg.select,
+              f"best_val_{cfg.select}": best, "test": metrics.scores(gold, pred, n_classes), "labels": names,
+              "history": history, "trainable_parameters": sum(p.numel() for p in params),
+              "samples": {"train": n_train, "val": n_val, "test": n_test}, "processes": world}
+    if rank == 0:
+        torch.save(best_state, out / "best.pt")
+        (out / "metrics.json").write_text(json.dumps(result, indent=1))
+        metrics.confusion_png(result["test"]["confusion"], names, out / "confusion.png",
+                              f"{cfg.task} ({cfg.mode}): test accuracy {result['test']['accuracy']:.3f}")
     return result
 
 
@@ -280,8 +444,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t = r["test"]
-    print(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, micro-F1 {t['micro_f1']:.4f} "
-          f"(best val accuracy {r['best_val_accuracy']:.4f})")
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = r[f"best_val_{r['select']}"]
+        print(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, micro-F1 {t['micro_f1']:.4f} "
+              f"(best val {r['select']} {best:.4f})")
     return 0
 
 

@@ -23,7 +23,9 @@ from .video import VIDEO_EXTS
 
 MANIFEST_EXTS = (".csv", ".jsonl")
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-RESERVED_FIELDS = ("id", "video", "transcript", "split")  # every other manifest field is kept as metadata
+# every other manifest field is kept as metadata. start/end: one clip of that window (seconds); fps: the
+# frame rate of a video given as a folder of frames (TVQA's release)
+RESERVED_FIELDS = ("id", "video", "transcript", "split", "start", "end", "fps")
 
 
 @dataclass
@@ -38,6 +40,8 @@ class Input:
     transcript: str | None = None
     text: str | None = None
     extra: dict = field(default_factory=dict)  # labels / QA fields carried into the metadata
+    window: tuple[float, float] | None = None  # one clip of exactly this span instead of cutting the video
+    fps: float | None = None  # of a video given as a folder of frames
 
 
 def sanitize(name: str) -> str:
@@ -188,6 +192,12 @@ def read_manifest(path: Path, default_split: str, text_field: str):
                 errors.append(_error(where, f"answer_idx {extra['answer_idx']!r} is not an integer"))
                 continue
         split = row.get("split") or default_split
+        try:
+            window = _window(row)
+            fps = float(row["fps"]) if row.get("fps") not in (None, "") else None
+        except ValueError as e:
+            errors.append(_error(where, str(e)))
+            continue
         if row.get("video"):
             video = Path(row["video"]) if Path(row["video"]).is_absolute() else base / row["video"]
             transcript = row.get("transcript") or None
@@ -195,13 +205,26 @@ def read_manifest(path: Path, default_split: str, text_field: str):
                 transcript = str(base / transcript)
             vid = row.get("id") or Path(row["video"]).with_suffix("").as_posix()
             inputs.append(Input(id=str(vid), kind="video", split=split, source=str(video), video=str(video),
-                                transcript=transcript, extra=extra))
+                                transcript=transcript, extra=extra, window=window, fps=fps))
         elif isinstance(row.get(text_field), str) and row[text_field].strip():
             inputs.append(Input(id=str(row.get("id") or f"{path.stem}:{n}"), kind="text", split=split,
                                 source=where, text=row[text_field], extra=extra))
         else:
             errors.append(_error(where, f"row has neither a 'video' path nor a non-empty {text_field!r} field"))
     return inputs, errors
+
+
+def _window(row: dict) -> tuple[float, float] | None:
+    start, end = row.get("start"), row.get("end")
+    if start in (None, "") and end in (None, ""):
+        return None
+    try:  # a start without an end: until the video's end
+        start, end = float(start), float("inf") if end in (None, "") else float(end)
+    except (TypeError, ValueError):
+        raise ValueError(f"start {start!r} / end {end!r}: both must be numbers (seconds)") from None
+    if not 0 <= start < end:
+        raise ValueError(f"window start {start} .. end {end} is empty or negative")
+    return start, end
 
 
 def discover(src: Path, default_split="train", kind="auto", text_field="text"):

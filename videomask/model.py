@@ -161,17 +161,21 @@ class VideoLanguageModel(nn.Module):
         return v.ln_post(x)[:, 1:]
 
     # -- joint ----------------------------------------------------------------------------------
-    def joint(self, input_ids, attention_mask, frames=None, frame_valid=None, patch_mask=None):
-        """The joint encoder over [text; patches]: hidden states [B, L + T * P, hidden], and the
-        normalised pixels (for the patch targets). ``patch_mask`` None: nothing masked (fine-tuning)."""
-        B, L = input_ids.shape
+    def joint(self, input_ids, attention_mask, frames=None, frame_valid=None, patch_mask=None, repeat: int = 1):
+        """The joint encoder over [text; patches]: hidden states [B * repeat, L + T * P, hidden], and the
+        normalised pixels (for the patch targets). ``patch_mask`` None: nothing masked (fine-tuning).
+        ``repeat``: each clip is paired with ``repeat`` consecutive texts (multiple-choice candidates):
+        its frames go through the ViT once."""
+        N, L = input_ids.shape
         emb = self.text.embeddings.word_embeddings(input_ids) + self.modality[0]
-        pos = torch.arange(L, device=input_ids.device).expand(B, L)
+        pos = torch.arange(L, device=input_ids.device).expand(N, L)
         if getattr(self.mlm.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
             pos = pos + self.mlm.config.pad_token_id + 1  # RoBERTa's positions start after the padding index
         parts, masks, positions, pix = [emb], [attention_mask], [pos], None
         if frames is not None:
-            T = frames.shape[1]
+            B, T = frames.shape[:2]
+            if B * repeat != N:
+                raise ValueError(f"{B} clips x repeat {repeat} != {N} texts")
             if T > self.cfg.max_frames:
                 raise ValueError(f"batch has {T} frames per clip, model.max_frames is {self.cfg.max_frames}")
             if patch_mask is not None and tuple(patch_mask.shape[-2:]) != (self.grid, self.grid):
@@ -183,10 +187,10 @@ class VideoLanguageModel(nn.Module):
             vis = vis + self.spatial.repeat(T, 1) + self.frame_time[:T].repeat_interleave(self.grid ** 2, 0)
             vis = vis + self.modality[1]
             valid = frame_valid[:, :, None].expand(-1, -1, self.grid ** 2).reshape(B, -1)
-            parts.append(vis)
-            masks.append(valid.to(attention_mask.dtype))
+            parts.append(vis.repeat_interleave(repeat, 0))  # [N, T * P, hidden]
+            masks.append(valid.to(attention_mask.dtype).repeat_interleave(repeat, 0))
             # one reserved position for every visual token: space and time come from our own embeddings
-            positions.append(torch.full(valid.shape, self.mlm.config.max_position_embeddings - 1,
+            positions.append(torch.full(masks[-1].shape, self.mlm.config.max_position_embeddings - 1,
                                         device=input_ids.device))
         out = self.text(inputs_embeds=torch.cat(parts, 1), attention_mask=torch.cat(masks, 1),
                         position_ids=torch.cat(positions, 1)).last_hidden_state

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -28,58 +27,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import anchors as anchors_mod
-from . import data
+from . import data, engine
 from .collate import MaskingCollator
-from .config import ConfigError, TrainConfig, load_config, to_yaml
+from .config import ConfigError, TrainConfig, load_config
+from .engine import all_ranks_true, to_device
 from .model import build_model, load_tokenizer
 
 CKPT = "checkpoint.pt"
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "train_default.yaml")
-
-
-# -- setup --------------------------------------------------------------------------------------
-def setup_distributed(cfg: TrainConfig):
-    """DDP from torchrun's environment; (rank, world, local_rank, device)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available() and cfg.run.device in ("auto", "cuda")
-    device = torch.device(f"cuda:{local}" if cuda else "cpu" if cfg.run.device == "auto" else cfg.run.device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
-def prepare_run_folder(cfg: TrainConfig, rank: int) -> Path:
-    """Refuse a folder that holds a different run, unless resuming it or told to overwrite."""
-    out = Path(cfg.run.out)
-    saved = out / "config.yaml"
-    if saved.exists() and not cfg.run.overwrite:
-        same = _comparable(saved.read_text()) == _comparable(to_yaml(cfg))
-        if not same and cfg.run.resume:
-            raise ConfigError(f"{out} holds a run with another configuration: resuming it with this one would mix "
-                              "two runs. Nothing was changed; use another run.out")
-        if not same or not cfg.run.resume:
-            raise ConfigError(f"{out} already holds a run ({saved}); pass run.resume=auto to continue it, "
-                              "run.overwrite=true to replace it, or choose another run.out")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.run.overwrite:
-            for p in (out / CKPT, out / "metrics.jsonl"):
-                p.unlink(missing_ok=True)
-        saved.write_text(to_yaml(cfg))
-    return out
-
-
-def _comparable(yaml_text: str) -> str:
-    """The configuration minus what may change between invocations of one run."""
-    from omegaconf import OmegaConf
-
-    c = OmegaConf.to_container(OmegaConf.create(yaml_text))
-    for k in ("resume", "overwrite", "stop_after"):
-        c["run"].pop(k, None)
-    return json.dumps(c, sort_keys=True)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -113,19 +68,10 @@ def check_anchors(cfg: TrainConfig) -> str | None:
 # -- checkpoints --------------------------------------------------------------------------------
 def save_checkpoint(path: Path, model_state, opt_state, sched, step: int, epoch: int, batch_in_epoch: int,
                     cfg: TrainConfig):
-    state = {"model": model_state, "optimizer": opt_state, "scheduler": sched.state_dict(),
-             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config": to_yaml(cfg),
-             "rng": torch.get_rng_state()}  # dropout and the like; masks have their own per-sample generators
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
-
-
-def read_checkpoint(path: Path, cfg: TrainConfig) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if _comparable(state["config"]) != _comparable(to_yaml(cfg)):
-        raise ConfigError(f"{path} was written by a run with another configuration; not resuming (nothing changed)")
-    return state
+    engine.save_checkpoint(path, {"model": model_state, "optimizer": opt_state, "scheduler": sched.state_dict(),
+                                  "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                                  # dropout and the like; masks have their own per-sample generators
+                                  "rng": torch.get_rng_state()}, cfg)
 
 
 # -- parallelism --------------------------------------------------------------------------------
@@ -176,13 +122,6 @@ def load_full_state(model, opt, state: dict, fsdp: bool):
         raise ConfigError("the checkpoint does not fit this model: " + " ".join(str(e).split())[:400]) from None
 
 
-def all_ranks_true(flag: bool, world: int, device) -> bool:
-    t = torch.tensor([float(flag)], device=device)
-    if world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
-
-
 def local(t):
     return t.to_local() if hasattr(t, "to_local") else t
 
@@ -196,10 +135,6 @@ def lr_lambda(cfg: TrainConfig):
         t = (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
         return max(0.0, 1 - t) if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     return f
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -241,10 +176,10 @@ def main(argv=None) -> int:
 
 
 def train(cfg: TrainConfig) -> int:
-    rank, world, device = setup_distributed(cfg)
+    rank, world, device = engine.setup_distributed(cfg.run)
     if not cfg.data.train:
         raise ConfigError("data.train is empty: give scored shards (python -m videomask.score's output)")
-    out = prepare_run_folder(cfg, rank)
+    out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl"))
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
@@ -270,23 +205,19 @@ def train(cfg: TrainConfig) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     step = epoch = skip = 0
     if cfg.run.resume == "auto" and (out / CKPT).exists():
-        state = read_checkpoint(out / CKPT, cfg)
+        state = engine.read_checkpoint(out / CKPT, cfg)
         load_full_state(raw_model, opt, state, fsdp)
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
         if rank == 0:
             print(f"resumed from {out / CKPT} at step {step}")
-    bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = engine.autocast(cfg.run, device)
 
     stop = {"signal": None}
     for sig in (signal.SIGTERM, signal.SIGINT):  # finish the step, save, exit
         signal.signal(sig, lambda s, f: stop.update(signal=s))
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
-    metrics_file = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    log = engine.MetricsLog(out, rank)
     bar = tqdm(total=o.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
     started, batch_in_epoch, data_wait, t_log, steps_here = step, skip, 0.0, time.perf_counter(), 0
     model.train()
@@ -357,19 +288,12 @@ def train(cfg: TrainConfig) -> int:
             logs.update(step=step, epoch=epoch, lr=sched.get_last_lr()[0],
                         samples_per_s=cfg.run.log_every * o.grad_accum * cfg.data.batch_size * world / elapsed,
                         data_wait=data_wait / elapsed)
-            metrics_file.write(json.dumps(logs) + "\n")
-            metrics_file.flush()
-            for k, v in logs.items():
-                if k not in ("step", "epoch"):
-                    writer.add_scalar(k, v, step)
+            log.write(logs, step)
             bar.set_postfix(loss=f"{logs['loss']:.3f}")
             data_wait, t_log = 0.0, time.perf_counter()
         if val_loader is not None and ((cfg.run.val_every and step % cfg.run.val_every == 0) or step == o.max_steps):
             v = validate(model, val_loader, device, autocast, cfg.run.val_batches)
-            if rank == 0:
-                metrics_file.write(json.dumps({"step": step, **v}) + "\n")
-                for k, x in v.items():
-                    writer.add_scalar(k, x, step)
+            log.write({"step": step, **v}, step)
         if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == o.max_steps:
             checkpoint()
         if stop["signal"] or (cfg.run.stop_after and steps_here >= cfg.run.stop_after):
@@ -379,14 +303,10 @@ def train(cfg: TrainConfig) -> int:
                 print(f"stopped at step {step} ({why}); resume with run.resume=auto")
             break
     bar.close()
-    if rank == 0:
-        metrics_file.close()
-        writer.close()
+    log.close()
     if step >= o.max_steps:
         export(raw_model, opt, cfg, out, rank, fsdp)
-    if world > 1:
-        dist.barrier()  # no process leaves while another still talks to it (gloo aborted at exit without)
-        dist.destroy_process_group()
+    engine.teardown(world)
     if rank == 0:
         print(f"trained {step - started} steps in this run; {out}")
     return 0

@@ -19,6 +19,7 @@ try:  # decord ships wheels for x86-64 only
 except ImportError:  # pragma: no cover - exercised on platforms without decord
     decord = None
 
+FRAME_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".mov")
 
 
@@ -141,6 +142,41 @@ class FallbackReader:
             return self.fallback.frames(indices)
 
 
+class FrameFolderReader:
+    """A video given as a folder of frames (TVQA's ``frames_hq/<show>_frames/<clip>/00001.jpg``):
+    the images in name order, at a frame rate the dataset states (TVQA: 3 fps)."""
+
+    backend = "frames"
+
+    def __init__(self, path: Path, fps: float | None):
+        if not fps or fps <= 0:
+            raise VideoError(f"{path}: a folder of frames needs its frame rate (manifest field 'fps')")
+        self.path = path
+        self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_EXTS)
+        if not self.files:
+            raise VideoError(f"{path}: the folder holds no frames ({', '.join(FRAME_EXTS)})")
+        try:
+            with Image.open(self.files[0]) as im:
+                w, h = im.size
+        except OSError as e:
+            raise VideoError(f"{self.files[0]}: not a readable image ({_short(e)})") from None
+        self.info = VideoInfo(len(self.files), float(fps), w, h)
+
+    def frames(self, indices: list[int]) -> np.ndarray:
+        out = []
+        for i in indices:
+            try:
+                with Image.open(self.files[i]) as im:
+                    img = im.convert("RGB")
+            except OSError as e:
+                raise VideoError(f"{self.files[i]}: frame {i} is not a readable image ({_short(e)})") from None
+            if img.size != (self.info.width, self.info.height):
+                raise VideoError(f"{self.files[i]}: frame {i} is {img.size[0]}x{img.size[1]}, the first frame "
+                                 f"{self.info.width}x{self.info.height}")
+            out.append(np.asarray(img))
+        return np.stack(out)
+
+
 def _short(e: Exception) -> str:
     """The first line of a decoder's message, without decord's '[12:00:00] /src/file.cc:42: ' prefixes."""
     msg = str(e).strip().splitlines()
@@ -148,9 +184,12 @@ def _short(e: Exception) -> str:
     return msg[:200]
 
 
-def open_video(path: Path, backend: str = "auto"):
-    """Open ``path`` with ``auto`` (decord where installed, PyAV for what it fails on), ``decord`` or ``pyav``."""
+def open_video(path: Path, backend: str = "auto", fps: float | None = None):
+    """Open ``path`` with ``auto`` (decord where installed, PyAV for what it fails on), ``decord`` or ``pyav``;
+    a folder is read as frames at ``fps``."""
     path = Path(path)
+    if path.is_dir():
+        return FrameFolderReader(path, fps)
     size = path.stat().st_size
     if size == 0:
         raise VideoError(f"{path}: file is empty (0 bytes)")

@@ -111,21 +111,25 @@ def _place(rng, shape, colour, slot, n_slots) -> Obj:
                vx=rng.uniform(-0.03, 0.03), vy=rng.uniform(-0.05, 0.05))
 
 
-def _general_obj(rng, slot, n_slots) -> Obj:
-    return _place(rng, str(rng.choice(GENERAL_SHAPES)), str(rng.choice(list(GENERAL_COLOURS))), slot, n_slots)
+def _general_obj(rng, slot, n_slots, avoid: str = "") -> Obj:
+    colours = [c for c in GENERAL_COLOURS if c != avoid]  # never the key object's colour: no leak of the answer
+    return _place(rng, str(rng.choice(GENERAL_SHAPES)), str(rng.choice(colours)), slot, n_slots)
 
 
 def make_clip(rng: np.random.Generator, domain: str, cfg: WorldConfig):
     """Scenes (objects per cue), cue texts, and for target clips the annotations."""
     scenes, texts, ann = [], [], {}
     if domain == "target":
-        # key object: its colour is a target colour two times in three
-        colour = str(rng.choice(list(TARGET_COLOURS))) if rng.random() < 2 / 3 else str(
+        # key object: a target colour or a general one, even odds. The candidates are always both target
+        # colours and two general ones, so each candidate is equally likely to be right whatever the set:
+        # the answers alone give chance (1/4); the transcript (half the time) or the frames are needed.
+        colour = str(rng.choice(list(TARGET_COLOURS))) if rng.random() < 1 / 2 else str(
             rng.choice(list(GENERAL_COLOURS)))
         key_shape = str(rng.choice(TARGET_SHAPES))
         say_colour = bool(rng.random() < 0.5)
-        wrong = [c for c in COLOURS if c != colour]
-        answers = [colour] + [str(c) for c in rng.choice(wrong, size=3, replace=False)]
+        generals = [c for c in GENERAL_COLOURS if c != colour]
+        others = [str(c) for c in rng.choice(generals, size=2 if colour in TARGET_COLOURS else 1, replace=False)]
+        answers = [colour] + [c for c in TARGET_COLOURS if c != colour] + others
         order = rng.permutation(4)
         ann = {"label": key_shape, "question": f"What colour is the {key_shape}?",
                "answers": [answers[i] for i in order], "answer_idx": int(np.argmax(order == 0)),
@@ -134,7 +138,7 @@ def make_clip(rng: np.random.Generator, domain: str, cfg: WorldConfig):
         if domain == "target":
             n = 1 + int(rng.random() < 0.5)
             key_slot = int(rng.integers(n))
-            objs = [_place(rng, key_shape, colour, key_slot, n) if s == key_slot else _general_obj(rng, s, n)
+            objs = [_place(rng, key_shape, colour, key_slot, n) if s == key_slot else _general_obj(rng, s, n, colour)
                     for s in range(n)]
             phrases = [_phrase(o, say_colour if o.shape == key_shape else True) for o in objs]
         else:

@@ -1,0 +1,139 @@
+"""What continued pretraining and fine-tuning share: processes, run folders, checkpoints, logs.
+
+Both ``videomask.train`` and ``videomask.finetune`` configs carry a ``run``
+section (``videomask.config.RunConfig``); everything here reads it. Under
+``torchrun`` the process group comes from the environment (gloo on CPU, nccl on
+GPU); alone, nothing distributed is set up.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .config import ConfigError, to_yaml
+
+
+# -- processes ----------------------------------------------------------------------------------
+def setup_distributed(run):
+    """(rank, world, device) from torchrun's environment and ``run.device``."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available() and run.device in ("auto", "cuda")
+    device = torch.device(f"cuda:{local}" if cuda else "cpu" if run.device == "auto" else run.device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def teardown(world: int):
+    if world > 1:
+        dist.barrier()  # no process leaves while another still talks to it (gloo aborted at exit without)
+        dist.destroy_process_group()
+
+
+def autocast(run, device):
+    """bf16 autocast on CUDA (``run.precision=auto``) or when asked; fp32 otherwise."""
+    bf16 = run.precision == "bf16" or (run.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def all_ranks_true(flag: bool, world: int, device) -> bool:
+    t = torch.tensor([float(flag)], device=device)
+    if world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every process's ``obj``, in rank order (``[obj]`` alone)."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# -- run folders and checkpoints ------------------------------------------------------------------
+def comparable(yaml_text: str) -> str:
+    """The configuration minus what may change between invocations of one run."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(OmegaConf.create(yaml_text))
+    for k in ("resume", "overwrite", "stop_after"):
+        c["run"].pop(k, None)
+    return json.dumps(c, sort_keys=True)
+
+
+def prepare_run_folder(cfg, rank: int, run_files=()) -> Path:
+    """``cfg.run.out``, refusing a folder that holds a different run unless resuming it or told to
+    overwrite (then ``run_files`` are deleted first)."""
+    out = Path(cfg.run.out)
+    saved = out / "config.yaml"
+    if saved.exists() and not cfg.run.overwrite:
+        same = comparable(saved.read_text()) == comparable(to_yaml(cfg))
+        if not same and cfg.run.resume:
+            raise ConfigError(f"{out} holds a run with another configuration: resuming it with this one would mix "
+                              "two runs. Nothing was changed; use another run.out")
+        if not same or not cfg.run.resume:
+            raise ConfigError(f"{out} already holds a run ({saved}); pass run.resume=auto to continue it, "
+                              "run.overwrite=true to replace it, or choose another run.out")
+    if dist.is_initialized():  # every process has checked the folder before the first one writes to it
+        dist.barrier()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.run.overwrite:
+            for name in run_files:
+                (out / name).unlink(missing_ok=True)
+        saved.write_text(to_yaml(cfg))
+    return out
+
+
+def save_checkpoint(path: Path, state: dict, cfg):
+    """``state`` + the config, written atomically: a kill mid-write leaves the previous file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({**state, "config": to_yaml(cfg)}, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path, cfg) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if comparable(state["config"]) != comparable(to_yaml(cfg)):
+        raise ConfigError(f"{path} was written by a run with another configuration; not resuming (nothing changed)")
+    return state
+
+
+class MetricsLog:
+    """``metrics.jsonl`` + TensorBoard in the run folder, written by rank 0 only."""
+
+    def __init__(self, out: Path, rank: int):
+        self.on = rank == 0
+        if self.on:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tb"))
+            self.file = open(out / "metrics.jsonl", "a")
+
+    def write(self, row: dict, step: int):
+        if not self.on:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for k, v in row.items():
+            if k not in ("step", "epoch") and isinstance(v, (int, float)):
+                self.writer.add_scalar(k, v, step)
+
+    def close(self):
+        if self.on:
+            self.file.close()
+            self.writer.close()
