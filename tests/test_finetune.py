@@ -29,8 +29,9 @@ def test_linear_probe_trains_only_the_head(tiny_shards, tmp_path):
     cfg = tiny_cfg(tiny_shards["target"], tmp_path, "task=clip_cls", "mode=probe")
     r = ft.finetune(cfg)
     model_after = torch.load(tmp_path / "ft" / "best.pt", weights_only=True)
-    assert set(model_after) == {"weight", "bias"}  # the probe's checkpoint is the head alone
-    assert r["trainable_parameters"] == model_after["weight"].numel() + model_after["bias"].numel()
+    # the probe's checkpoint is the head alone: feature statistics and the linear layer
+    assert set(model_after) == {"0.mean", "0.std", "1.weight", "1.bias"}
+    assert r["trainable_parameters"] == model_after["1.weight"].numel() + model_after["1.bias"].numel()
     m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert set(m["test"]) >= {"accuracy", "macro_f1", "micro_f1", "confusion"} and (tmp_path / "ft" /
                                                                                     "confusion.png").exists()
@@ -77,19 +78,19 @@ def test_probe_mode_updates_the_head_only(qa_shards, tmp_path):
     cfg = ft.load_config([], [f"shards={qa_shards}", "task=mcqa", "mode=probe", *QA_MODEL[:1]])
     model, trainable, tok = ft.build_finetuner(cfg, None)
     assert trainable is model.head
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.named_parameters()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     _, batch = next(ft.stream(cfg, "train", ft.Collate(cfg, tok, None), 0, 1))
     model.train()
     ft.train_step(model, opt, batch)
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {"head.weight", "head.bias"}
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    assert changed == {"head.1.weight", "head.1.bias"} and len(before) > 50
     # full mode: the encoder moves too
     cfg = ft.load_config([], [f"shards={qa_shards}", "task=mcqa", "mode=full", *QA_MODEL[:1]])
     model, trainable, tok = ft.build_finetuner(cfg, None)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.named_parameters()}
     ft.train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-2), batch)
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
     assert any(k.startswith("encoder.visual.") for k in changed) and any(k.startswith("encoder.mlm.") for k in changed)
 
 

@@ -108,8 +108,27 @@ def load_encoder(cfg: FinetuneConfig):
     return model, saved
 
 
+class Standardize(nn.Module):
+    """(x - mean) / std with fixed statistics (identity until set): the linear probe reads standardised
+    features, as MAE's probe does with a BatchNorm without affine parameters, so that one learning
+    rate suits every encoder whatever the scale of its features."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set(self, features: torch.Tensor):
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp(min=1e-6))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
 class Finetuner(nn.Module):
-    """An encoder and a linear head on [mean of the text states; mean of the patch states].
+    """An encoder and a linear head on [mean of the text states; mean of the patch states] (standardised
+    with the training split's statistics in probe mode).
 
     Mean pooling, not the [CLS] state: masked-token pretraining never trains [CLS] (it is never
     masked), and after continued pretraining its state hardly depends on the input (measured: the
@@ -121,7 +140,8 @@ class Finetuner(nn.Module):
         self.encoder = encoder
         hidden = encoder.mlm.config.hidden_size
         self.video = isinstance(encoder, VideoLanguageModel)
-        self.head = nn.Linear(hidden * (2 if self.video else 1), outputs)
+        dim = hidden * (2 if self.video else 1)
+        self.head = nn.Sequential(Standardize(dim), nn.Linear(dim, outputs))
 
     @staticmethod
     def _mean(states, mask):
@@ -344,6 +364,8 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
     if cached:  # the encoder is frozen: its features are computed once, split across processes
         feats = {s: encode_split(model, cfg, s, collate, rank, world, device, autocast)
                  for s in (cfg.train_split, cfg.val_split)}
+        f, c, _ = feats[cfg.train_split]
+        model.head[0].set((f[c] if c is not None else f).to(device))  # real candidates only, not the padding
         # every process then trains the (tiny) head on all features, identically: no DDP needed
         ddp = model
     else:
