@@ -120,25 +120,39 @@ def test_finetune_resumes_and_refuses_a_preset_mismatch(tiny_shards, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(qa_shards, tmp_path):
     """Probe mode: each process encodes half of every split, the features are gathered, the head trains
-    identically everywhere, so two processes give one process's numbers. Full mode runs DDP with
-    uneven shares (DDP's join) and must finish with the same number of test predictions."""
+    identically everywhere, so two processes give one process's numbers. Full mode runs DDP on 7
+    training clips in batches of 3: one process gets 2 batches, the other 1 (DDP's join must let the
+    short one wait), and every test clip is predicted once."""
     import os
     import subprocess
     import sys
 
+    from videomask import build
+
+    rows = [json.loads(x) for x in (qa_shards.parent / "world" / "target.jsonl").read_text().splitlines()]
+    odd = [r for r in rows if r["split"] == "train"][:7] + [r for r in rows if r["split"] == "val"][:3] + [
+        r for r in rows if r["split"] == "test"][:3]
+    for r in odd:  # the subset's manifest lives elsewhere: absolute paths
+        r["video"], r["transcript"] = (str(qa_shards.parent / "world" / r[k]) for k in ("video", "transcript"))
+    (tmp_path / "odd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in odd))
+    build.build(tmp_path / "odd.jsonl", tmp_path / "odd", build.BuildOptions(frames=2, size=32, clip_seconds=2.0),
+                progress=False)
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    args = [f"shards={qa_shards}", "task=mcqa", "epochs=3", "batch_size=16", "model.preset=tiny",
-            "model.image_size=32", "model.patch_size=8"]
-    one = ft.finetune(ft.load_config([], [*args, f"run.out={tmp_path / 'one'}", "mode=probe"]))
-    for mode, port in (("probe", "29531"), ("full", "29532")):
+    model = ["task=mcqa", "model.preset=tiny", "model.image_size=32", "model.patch_size=8"]
+    args = [f"shards={qa_shards}", "epochs=3", "batch_size=16", "mode=probe", *model]
+    one = ft.finetune(ft.load_config([], [*args, f"run.out={tmp_path / 'one'}"]))
+    full = [f"shards={tmp_path / 'odd'}", "epochs=2", "batch_size=3", "mode=full", *model]
+    for mode, port, argv, n_test in (("probe", "29531", args, 144), ("full", "29532", full, 3)):
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                            port, "-m", "videomask.finetune", *args, f"run.out={tmp_path / mode}", f"mode={mode}",
-                            *(["epochs=1", "train_split=val"] if mode == "full" else [])],
+                            port, "-m", "videomask.finetune", *argv, f"run.out={tmp_path / mode}"],
                            capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         two = json.loads((tmp_path / mode / "metrics.json").read_text())
-        assert two["processes"] == 2 and two["test"]["n"] == 144
+        assert two["processes"] == 2 and two["test"]["n"] == n_test
         if mode == "probe":
             assert two["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=1 / 144)
             assert [h["val_accuracy"] for h in two["history"]] == pytest.approx(
                 [h["val_accuracy"] for h in one["history"]], abs=1 / 96)
+        else:
+            assert two["samples"]["train"] == 7 and len(two["history"]) == 2

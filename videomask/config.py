@@ -105,13 +105,13 @@ def _load_yaml(path: Path):
 
 
 def load_config(files=(), overrides=(), schema=TrainConfig):
-    """Layer defaults, the preset, ``files`` and ``overrides`` into a validated ``schema`` (a dataclass
-    with a ``model`` field: ``TrainConfig`` or ``videomask.finetune.FinetuneConfig``)."""
+    """Layer defaults, the preset, ``files`` and ``overrides`` into a validated ``schema``: ``TrainConfig``,
+    ``videomask.finetune.FinetuneConfig`` or ``videomask.experiments.ExperimentConfig``."""
     try:
         schema = OmegaConf.structured(schema)
         layers = [_load_yaml(Path(f)) for f in files] + [OmegaConf.from_dotlist(list(overrides))]
         probe = OmegaConf.merge(schema, *layers)
-        preset = probe.model.preset
+        preset = probe.model.preset if "model" in probe else ""  # schemas without a model: no preset layer
         preset_file = CONFIG_DIR / "model" / f"{preset}.yaml"
         if preset and not preset_file.exists():
             known = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))

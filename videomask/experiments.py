@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from . import anchors as anchors_mod
 from . import finetune as ft
 from . import train
 from .config import ConfigError
+from .config import load_config as _load_layered
 
 SCORED = ("difference", "inverse_difference")
 METRICS = ("accuracy", "macro_f1", "micro_f1")
@@ -69,13 +69,7 @@ class ExperimentConfig:
 
 
 def load_config(files=(), overrides=()) -> ExperimentConfig:
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), *[OmegaConf.load(f) for f in files],
-                                 OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"config error{f' at {key}' if key else ''}: {str(e).splitlines()[0]}") from None
+    return _load_layered(files, overrides, schema=ExperimentConfig)
 
 
 def cells(cfg: ExperimentConfig) -> list[dict]:
@@ -124,8 +118,12 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path) -> dict:
         return json.loads(done.read_text())
     t = time.perf_counter()
     seed = cell["seed"]
-    pre = train.load_config(cfg.pretrain_files, [*cfg.pretrain, f"run.seed={seed}", f"masking.seed={seed}",
-                                                 f"run.out={folder / 'pretrain'}", "run.resume=auto"])
+
+    def pretrain_config(*extra):
+        return train.load_config(cfg.pretrain_files, [*cfg.pretrain, *extra, f"run.seed={seed}", f"masking.seed={seed}",
+                                                      f"run.out={folder / 'pretrain'}", "run.resume=auto"])
+
+    pre = pretrain_config()
     ft_overrides = [*cfg.finetune, f"run.seed={seed}", f"run.out={folder / 'finetune'}", "run.resume=auto"]
     if cell["strategy"] == "none":  # the base model, described by the pretraining config
         fcfg = replace(ft.load_config(cfg.finetune_files, ft_overrides), model=pre.model)
@@ -136,9 +134,7 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path) -> dict:
         if cell["anchors"] is not None:
             a, scored = anchors_for(cfg, pre.data.anchors, int(cell["anchors"]), out)
             extra += [f"data.anchors={a}", f"data.train={scored}"]
-        pre = train.load_config(cfg.pretrain_files, [*cfg.pretrain, *extra, f"run.seed={seed}",
-                                                     f"masking.seed={seed}", f"run.out={folder / 'pretrain'}",
-                                                     "run.resume=auto"])
+        pre = pretrain_config(*extra)
         print(f"[{cell['name']}] continued pretraining ({pre.masking.strategy}, {pre.optim.max_steps} steps)",
               flush=True)
         if not (folder / "pretrain" / "model.safetensors").exists():

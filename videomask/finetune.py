@@ -303,8 +303,8 @@ def encode_split(model, cfg, split, collate, rank, world, device, autocast):
     return feats, cands, torch.tensor([r[3] for r in rows])
 
 
-def cached_predict(model, split_features):
-    feats, cands, gold = split_features
+def cached_predict(model, split_features, device):
+    feats, cands, gold = (t if t is None else t.to(device) for t in split_features)
     with torch.no_grad():
         logits = model.scores(feats, cands)
     return gold.tolist(), logits.argmax(-1).tolist()
@@ -410,7 +410,7 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())
-            gold, pred = cached_predict(model, tuple(t if t is None else t.to(device) for t in feats[cfg.val_split]))
+            gold, pred = cached_predict(model, feats[cfg.val_split], device)
         else:
             # processes may hold one batch more than others: DDP's join lets the short ones wait
             with ddp.join() if world > 1 else nullcontext():
@@ -440,13 +440,13 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
     trainable.load_state_dict(best_state)
     if cached:
         test_feats = encode_split(model, cfg, cfg.test_split, collate, rank, world, device, autocast)
-        gold, pred = cached_predict(model, tuple(t if t is None else t.to(device) for t in test_feats))
+        gold, pred = cached_predict(model, test_feats, device)
     else:
         gold, pred = predict(model, cfg, cfg.test_split, collate, rank, world, device, autocast)
     n_classes = len(labels) if labels else k_test
     names = labels or [f"answer {i}" for i in range(n_classes)]
-    result = {"stopped": False, "task": cfg.task, "mode": cfg.mode, "init": cfg.init or "base model", "select": cfg.select,
-              f"best_val_{cfg.select}": best, "test": metrics.scores(gold, pred, n_classes), "labels": names,
+    result = {"stopped": False, "task": cfg.task, "mode": cfg.mode, "init": cfg.init or "base model",
+              "select": cfg.select, f"best_val_{cfg.select}": best, "test": metrics.scores(gold, pred, n_classes), "labels": names,
               "history": history, "trainable_parameters": sum(p.numel() for p in params),
               "samples": {"train": n_train, "val": n_val, "test": n_test}, "processes": world}
     if rank == 0:
