@@ -14,7 +14,7 @@ import shutil
 import decord
 from common import best_of, make_world, report
 
-from videomask import build
+from videomask.prep import build
 
 OPTS = build.BuildOptions(frames=8, size=224, clip_seconds=6, max_samples=32)
 

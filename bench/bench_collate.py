@@ -18,7 +18,7 @@ from common import best_of
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
 from videomask.collate import MaskingCollator, MaskingConfig
-from videomask.transcripts import text_words
+from videomask.prep.transcripts import text_words
 
 WORDS = ("the magenta hexagon sits near a yellow circle while the lattice glyph forms resonance around "
          "the turquoise crescent and a red square").split()

@@ -12,7 +12,8 @@ import tarfile
 
 from common import best_of, make_world, report
 
-from videomask import build, data
+from videomask import data
+from videomask.prep import build
 
 
 def main():

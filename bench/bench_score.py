@@ -18,8 +18,10 @@ import time
 import torch
 from common import best_of, make_world, report
 
-from videomask import anchors, build, data, score
-from videomask.clip import ClipScorer
+from videomask import anchors, data
+from videomask.prep import build
+from videomask.scoring import score
+from videomask.scoring.clip_scorer import ClipScorer
 
 
 def main():

@@ -5,7 +5,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from videomask import world
+from videomask.demo import world
 
 
 def make_world(clips: int, size: int = 224, seconds_per_cue: float = 2.0) -> Path:

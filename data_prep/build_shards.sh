@@ -4,4 +4,4 @@
 #   bash data_prep/build_shards.sh merge OUTPUT     # after a --num-partitions job array
 # All options: bash data_prep/build_shards.sh --help
 set -euo pipefail
-exec "${PYTHON:-python}" -m videomask.build "$@"
+exec "${PYTHON:-python}" -m videomask.prep.build "$@"

@@ -6,7 +6,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from videomask import build, world  # noqa: E402
+from videomask.demo import world  # noqa: E402
+from videomask.prep import build
 
 TINY_WORLD = world.WorldConfig(general=4, target=8, size=64, fps=8, segments=3, segment_seconds=1.0, seed=0)
 TINY_BUILD = build.BuildOptions(frames=4, size=64, clip_seconds=3.0, max_samples=3)
@@ -71,7 +72,7 @@ def tiny_anchors(tiny_shards, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_scorer(tiny_world, tmp_path_factory):
     """The tiny CLIP fitted on the tiny world (seconds), saved as local-dir."""
-    from videomask import tiny_clip
+    from videomask.demo import tiny_clip
 
     out = tmp_path_factory.mktemp("tiny_clip")
     tiny_clip.fit(tiny_world, out, image_size=TINY_BUILD.size, steps=120, batch_size=48, lr=2e-3, log_every=0)
@@ -80,7 +81,7 @@ def tiny_scorer(tiny_world, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scored_shards(tiny_shards, tiny_anchors, tiny_scorer, tmp_path_factory):
-    from videomask import score
+    from videomask.scoring import score
 
     out = tmp_path_factory.mktemp("scored") / "target"
     score.score_shards(tiny_shards["target"], out, tiny_anchors, f"local-dir:{tiny_scorer}", image_prompt="{}",

@@ -4,7 +4,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from videomask import adapters, data
+from videomask import data
+from videomask.prep import adapters
 
 from conftest import make_srt, make_video
 

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from videomask import anchors, world
+from videomask import anchors
+from videomask.demo import world
 
 
 def write(tmp_path, name, text):

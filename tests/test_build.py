@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from videomask import build, data
-from videomask.clips import BuildOptions
-from videomask.transcripts import read_transcript, timed_words
-from videomask.video import open_video, resize_crop
+from videomask import data
+from videomask.prep import build
+from videomask.prep.cutting import BuildOptions
+from videomask.prep.transcripts import read_transcript, timed_words
+from videomask.prep.video import open_video, resize_crop
 
 from conftest import TINY_BUILD, make_srt, make_video
 
@@ -151,7 +152,7 @@ EXPECTED = {  # file -> a fragment of its reason
 
 def test_bad_inputs_each_get_a_reason_and_nothing_is_lost(bad_folder, tmp_path):
     opts = BuildOptions(frames=2, size=32, clip_seconds=2.0)
-    r = subprocess.run([sys.executable, "-m", "videomask.build", str(bad_folder), str(tmp_path / "out"),
+    r = subprocess.run([sys.executable, "-m", "videomask.prep.build", str(bad_folder), str(tmp_path / "out"),
                         "--frames", "2", "--size", "32", "--clip-seconds", "2", "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # something was written
@@ -174,7 +175,7 @@ def test_bad_inputs_each_get_a_reason_and_nothing_is_lost(bad_folder, tmp_path):
     assert c["written"] == 2 and c["partial"] == 1 and c["clips_rejected"] == 1
     assert "16 inputs = " in r.stdout
     # --strict fails the build when anything was rejected
-    r = subprocess.run([sys.executable, "-m", "videomask.build", str(bad_folder), str(tmp_path / "strict"),
+    r = subprocess.run([sys.executable, "-m", "videomask.prep.build", str(bad_folder), str(tmp_path / "strict"),
                         "--frames", "2", "--size", "32", "--clip-seconds", "2", "--quiet", "--strict"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "--strict" in r.stderr
@@ -195,7 +196,7 @@ def test_nothing_written_exits_nonzero(bad_folder, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(bad_folder / "empty.mp4", src)
-    r = subprocess.run([sys.executable, "-m", "videomask.build", str(src), str(tmp_path / "out"), "--quiet"],
+    r = subprocess.run([sys.executable, "-m", "videomask.prep.build", str(src), str(tmp_path / "out"), "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "nothing was written" in r.stderr
 
@@ -208,7 +209,7 @@ def test_unreadable_directory_is_reported(tmp_path):
     (root / "locked").mkdir()
     make_video(root / "locked" / "hidden.mp4", 2.0)
     os.chmod(root / "locked", 0o000)
-    cmd = [sys.executable, "-m", "videomask.build", str(root), str(tmp_path / "out"), "--clip-seconds", "2",
+    cmd = [sys.executable, "-m", "videomask.prep.build", str(root), str(tmp_path / "out"), "--clip-seconds", "2",
            "--size", "32", "--frames", "2", "--quiet"]
     if os.geteuid() == 0:  # root reads any directory: drop the capabilities that let it
         if not shutil.which("setpriv"):
@@ -256,10 +257,10 @@ def test_resume_after_kill_9(tmp_path):
     (src / "broken.mp4").write_bytes(b"")  # an error before the kill must not be duplicated after it
     make_srt(src / "broken.srt", [(0, 1, "x")])
     args = ["--frames", "8", "--size", "320", "--clip-seconds", "1", "--max-samples", "3", "--quiet"]
-    subprocess.run([sys.executable, "-m", "videomask.build", str(src), str(tmp_path / "ref"), *args], check=True,
+    subprocess.run([sys.executable, "-m", "videomask.prep.build", str(src), str(tmp_path / "ref"), *args], check=True,
                    capture_output=True)
     out = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, "-m", "videomask.build", str(src), str(out), *args])
+    p = subprocess.Popen([sys.executable, "-m", "videomask.prep.build", str(src), str(out), *args])
     deadline = time.time() + 60
     while time.time() < deadline and len(list(out.glob("*.tar"))) < 3:
         time.sleep(0.002)
@@ -267,7 +268,7 @@ def test_resume_after_kill_9(tmp_path):
     p.wait()
     assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
     assert 3 <= len(list(out.glob("*.tar"))) < len(shard_digests(tmp_path / "ref"))
-    r = subprocess.run([sys.executable, "-m", "videomask.build", str(src), str(out), *args], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "videomask.prep.build", str(src), str(out), *args], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
     assert not list(out.glob("*.tmp"))
@@ -286,7 +287,7 @@ def test_partitions_and_merge(tiny_world, tmp_path):
     for part in range(3):
         build.build(tiny_world / "target.jsonl", tmp_path / "parts", opts, num_partitions=3, partition=part,
                     progress=False)
-    r = subprocess.run([sys.executable, "-m", "videomask.build", "merge", str(tmp_path / "parts")],
+    r = subprocess.run([sys.executable, "-m", "videomask.prep.build", "merge", str(tmp_path / "parts")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     merged = json.loads((tmp_path / "parts" / "manifest.json").read_text())
@@ -304,7 +305,7 @@ def test_cli_help_and_wrapper():
 
 
 def test_pyav_backend_decodes_the_same_frames(tiny_world, tmp_path):
-    from videomask.video import DecordReader, PyAVReader
+    from videomask.prep.video import DecordReader, PyAVReader
 
     video = next((tiny_world / "target").glob("*.mp4"))
     idx = [0, 5, 13, 23]

@@ -22,7 +22,7 @@ def samples(scored_shards):
 
 
 def text_sample(key, text, scores=None):
-    from videomask.transcripts import text_words
+    from videomask.prep.transcripts import text_words
 
     words = text_words(text)
     meta = {"words": words}
@@ -114,7 +114,7 @@ def test_bad_input(tokenizer, samples, tmp_path):
     with pytest.raises(MaskingError, match="anchors .* but the configured anchors are deadbeef"):
         MaskingCollator(tokenizer, anchors_hash="deadbeef")(samples[:2])
     unscored = text_sample("u", "no scores here at all")
-    with pytest.raises(MaskingError, match="'difference' needs scores, and sample u has none.*videomask.score"):
+    with pytest.raises(MaskingError, match="'difference' needs scores, and sample u has none.*videomask.scoring.score"):
         MaskingCollator(tokenizer)([unscored])
     MaskingCollator(tokenizer, MaskingConfig(strategy="random"))([unscored])  # random needs none
     nan = text_sample("n", "one two three four five six seven", [0.1, float("nan"), 0, 0, 0, 0, 0])
@@ -159,7 +159,7 @@ def test_text_only_collator_trains_a_masked_lm_with_trainer(tokenizer, tmp_path)
 
 
 def test_pmi_vocabulary_and_masking(tokenizer):
-    from videomask import pmi
+    from videomask.scoring import pmi
 
     docs = ["new york is big", "new york is old", "the cat is big", "the dog is old", "new york again"]
     rows = pmi.pmi_vocabulary(docs, max_n=2, min_count=2)

@@ -127,7 +127,7 @@ def test_torchrun_two_processes_match_one(qa_shards, tmp_path):
     import subprocess
     import sys
 
-    from videomask import build
+    from videomask.prep import build
 
     rows = [json.loads(x) for x in (qa_shards.parent / "world" / "target.jsonl").read_text().splitlines()]
     odd = [r for r in rows if r["split"] == "train"][:7] + [r for r in rows if r["split"] == "val"][:3] + [

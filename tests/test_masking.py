@@ -162,7 +162,7 @@ def test_span_lengths_are_geometric():
     (dict(ratio=0.0), r"ratio must be in \(0, 1\)"),
     (dict(ratio=1.0), r"ratio must be in \(0, 1\)"),
     (dict(alpha=1.5), r"alpha must be in \[0, 1\]"),
-    (dict(scores=None), "needs scores; run `python -m videomask.score`"),
+    (dict(scores=None), "needs scores; run `python -m videomask.scoring.score`"),
     (dict(scores=torch.tensor([[0.1, float("nan"), 0.3, 0.4, 0.5]])), "NaN"),
     (dict(valid=torch.tensor([[True, True, False, False, False]]), ratio=0.2), "masks none of them"),
     (dict(name="nope"), "unknown masking strategy 'nope'"),

@@ -7,8 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from videomask import anchors, build, data, score, world
-from videomask.clip import ClipScorer
+from videomask import anchors, data
+from videomask.demo import world
+from videomask.prep import build
+from videomask.scoring import score
+from videomask.scoring.clip_scorer import ClipScorer
 
 from conftest import TINY_WORLD
 
@@ -131,26 +134,26 @@ def test_named_model_with_checkpoint_path_and_maskclip_dense(tmp_path, tiny_scor
 
 
 def test_cli_and_inspection_picture(tmp_path, scored_shards, tiny_anchors):
-    r = subprocess.run([sys.executable, "-m", "videomask.inspect", str(scored_shards), "--anchors", str(tiny_anchors),
+    r = subprocess.run([sys.executable, "-m", "videomask.inspection", str(scored_shards), "--anchors", str(tiny_anchors),
                         "--out", str(tmp_path / "s.png"), "--index", "1"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     img = Image.open(tmp_path / "s.png")
     assert img.format == "PNG" and img.size[0] > 600 and img.size[1] > 400
     assert len(np.unique(np.asarray(img.convert("L")))) > 50  # frames and a heat map, not a blank canvas
     # with a strategy: the chosen patches are outlined, and for difference (alpha=1) they are the top-scoring ones
-    from videomask import inspect
+    from videomask import inspection as inspect
 
     sample = inspect.find_sample(scored_shards, index=1)
     patches, words = inspect.sample_masks(sample, "difference", patch_ratio=0.25)
     ps = sample["patch_scores"].astype(np.float32)
     assert patches.sum() == round(0.25 * ps.size) and ps[patches.numpy()].min() >= ps[~patches.numpy()].max()
     assert sum(words) == round(0.15 * len(sample["words"]))
-    r = subprocess.run([sys.executable, "-m", "videomask.inspect", str(scored_shards), "--strategy", "difference",
+    r = subprocess.run([sys.executable, "-m", "videomask.inspection", str(scored_shards), "--strategy", "difference",
                         "--out", str(tmp_path / "m.png")], capture_output=True, text=True)
     assert r.returncode == 0 and Image.open(tmp_path / "m.png").size == img.size
-    r = subprocess.run([sys.executable, "-m", "videomask.inspect", "--anchors-chart", str(tiny_anchors), "--out",
+    r = subprocess.run([sys.executable, "-m", "videomask.inspection", "--anchors-chart", str(tiny_anchors), "--out",
                         str(tmp_path / "a.png")], capture_output=True, text=True)
     assert r.returncode == 0 and Image.open(tmp_path / "a.png").size[0] > 300
-    r = subprocess.run([sys.executable, "-m", "videomask.inspect", str(scored_shards), "--key", "nope", "--out",
+    r = subprocess.run([sys.executable, "-m", "videomask.inspection", str(scored_shards), "--key", "nope", "--out",
                         str(tmp_path / "n.png")], capture_output=True, text=True)
     assert r.returncode == 2 and "no sample 'nope'" in r.stderr

@@ -8,7 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from videomask import build, data, score
+from videomask import data
+from videomask.prep import build
+from videomask.scoring import score
 from videomask.collate import MaskingCollator, MaskingConfig
 from videomask.config import ConfigError, load_config
 from videomask.model import ModelConfig, VideoLanguageModel, load_tokenizer

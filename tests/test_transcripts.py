@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from videomask.transcripts import TranscriptError, clip_text, find_words, read_transcript, timed_words
+from videomask.prep.transcripts import TranscriptError, clip_text, find_words, read_transcript, timed_words
 
 SRT = """1
 00:00:00,000 --> 00:00:02,000

@@ -3,9 +3,9 @@ import json
 
 import numpy as np
 
-from videomask import world
-from videomask.transcripts import read_transcript
-from videomask.video import open_video
+from videomask.demo import world
+from videomask.prep.transcripts import read_transcript
+from videomask.prep.video import open_video
 
 from conftest import TINY_WORLD
 

@@ -8,7 +8,7 @@ TARGET: shard folders (their transcripts) or text files / folders (.txt, .jsonl
 (the default, ``wordfreq:en``): general-language frequencies from the
 ``wordfreq`` package (web, books, Wikipedia, subtitles).
 
-Definition (METHOD.md section 2)::
+Definition (docs/method.md §2)::
 
     score(w) = tf_T(w) * log(1 / p_R(w))
 
@@ -45,7 +45,7 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
-from .transcripts import WORD_RE, TranscriptError, read_text, read_transcript
+from .prep.transcripts import WORD_RE, TranscriptError, read_text, read_transcript
 
 WORDFREQ_CORPUS_SIZE = 1e9
 TEXT_EXTS = (".txt", ".jsonl", ".srt", ".vtt")

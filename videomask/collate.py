@@ -130,7 +130,7 @@ class MaskingCollator:
         self.ngrams = ngrams
         self.text_strategy, self.patch_strategy = PAIRS[config.strategy]
         if self.text_strategy == "pmi" and ngrams is None:
-            raise masking.MaskingError("strategy 'pmi' needs an n-gram vocabulary: python -m videomask.pmi CORPUS")
+            raise masking.MaskingError("strategy 'pmi' needs an n-gram vocabulary: python -m videomask.scoring.pmi CORPUS")
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
@@ -145,7 +145,7 @@ class MaskingCollator:
                                                                         s.get("patch_scores") is None)):
             raise masking.MaskingError(
                 f"strategy {self.config.strategy!r} needs scores, and sample {s['key']} has none: run "
-                "`python -m videomask.score SHARDS OUT --anchors anchors.json --clip ...` and train on OUT")
+                "`python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip ...` and train on OUT")
 
     def _gens(self, samples, stream):
         return [sample_generator(self.config.seed, self.epoch, s["key"], stream) for s in samples]

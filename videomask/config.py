@@ -17,7 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 from .collate import MaskingConfig
 from .model import ModelConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: the configs and model presets ship inside the package, so a non-editable install finds them
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):

@@ -94,7 +94,7 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
 
 def anchors_for(cfg: ExperimentConfig, base_anchors: str, k: int, out: Path) -> tuple[Path, Path]:
     """(anchors.json of the top-k words, shards scored against them), made once per k."""
-    from . import score
+    from .scoring import score
 
     a = anchors_mod.load(base_anchors)
     if k > len(a["anchors"]):

@@ -14,7 +14,7 @@ Every strategy has the signature::
 
 Video strategies (``tube``, ``block``) take ``[B, T, H, W]`` tensors instead of ``[B, N]``.
 
-Registered (``STRATEGIES``): ``random``, ``difference`` (METHOD.md section 4: ``mode="topk"``
+Registered (``STRATEGIES``): ``random``, ``difference`` (docs/method.md §4: ``mode="topk"``
 for patches, the top ``floor(alpha * budget)`` by score then a uniform fill; ``mode="rank"``
 for text, sampling without replacement with probability ``alpha * p_rank + (1 - alpha) *
 uniform`` where a unit of rank r among N gets weight ``N - r``), ``inverse_difference``
@@ -93,7 +93,7 @@ def _take_top(keys: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> 
 
 def _check_scores(scores, valid, name):
     if scores is None:
-        raise MaskingError(f"strategy {name!r} needs scores; run `python -m videomask.score` on the shards "
+        raise MaskingError(f"strategy {name!r} needs scores; run `python -m videomask.scoring.score` on the shards "
                            "(or pick a strategy that needs none: random, whole_word, span, tube, block, pmi)")
     if (torch.isnan(scores) & valid).any():
         raise MaskingError(f"strategy {name!r}: scores contain NaN at maskable positions")
@@ -122,7 +122,7 @@ def _dense_ranks(scores: torch.Tensor, valid: torch.Tensor):
 
 @register("difference", needs_scores=True)
 def difference(scores, valid, ratio, generator, alpha: float = 1.0, mode: str = "topk", **_):
-    """Difference-masking (METHOD.md section 4).
+    """Difference-masking (docs/method.md §4).
 
     ``mode="topk"`` (patches): the top ``floor(alpha * budget)`` units by score, then the rest of
     the budget uniformly from the remaining units. alpha=1: exactly the top-scoring units; alpha=0:
@@ -225,11 +225,11 @@ def span(scores, valid, ratio, generator, p: float = 0.2, max_span: int = 10, **
 @register("pmi")
 def pmi(scores, valid, ratio, generator, word_ids=None, words=None, ngrams=None, **_):
     """PMI-masking: occurrences of high-PMI n-grams (``ngrams``: set of word tuples, lowercased;
-    see ``videomask.pmi``) are masked as one unit, other words as whole words; random unit order.
+    see ``videomask.scoring.pmi``) are masked as one unit, other words as whole words; random unit order.
     ``words``: per row, the list of words that ``word_ids`` index."""
     check_ratio(ratio)
     if word_ids is None or words is None or ngrams is None:
-        raise MaskingError("pmi needs word_ids, words and an n-gram vocabulary (python -m videomask.pmi CORPUS)")
+        raise MaskingError("pmi needs word_ids, words and an n-gram vocabulary (python -m videomask.scoring.pmi CORPUS)")
     unit_ids = word_ids.clone()
     max_n = max((len(g) for g in ngrams), default=1)
     for b, ws in enumerate(words):

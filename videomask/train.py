@@ -29,12 +29,12 @@ from tqdm import tqdm
 from . import anchors as anchors_mod
 from . import data, engine
 from .collate import MaskingCollator
-from .config import ConfigError, TrainConfig, load_config
+from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config
 from .engine import all_ranks_true, to_device
 from .model import build_model, load_tokenizer
 
 CKPT = "checkpoint.pt"
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "train_default.yaml")
+DEFAULT_CONFIG = str(CONFIG_DIR / "train_default.yaml")
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -164,11 +164,9 @@ def main(argv=None) -> int:
         files = [DEFAULT_CONFIG]
     try:
         cfg = load_config(files, overrides)
-        if default and not Path(cfg.data.train).exists():  # the embedded default: make its data first
-            from .__main__ import run
-
-            print(f"{cfg.data.train} is missing: running the demo's data stages first (python -m videomask)")
-            run(Path(cfg.data.train).parents[1])
+        if default and not Path(cfg.data.train).exists():  # the embedded default needs the demo's data
+            raise ConfigError(f"{cfg.data.train} does not exist: the default config continues the demo's run; "
+                              "run `python -m videomask` first, or give data.train=SCORED_SHARDS")
         return train(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -178,7 +176,7 @@ def main(argv=None) -> int:
 def train(cfg: TrainConfig) -> int:
     rank, world, device = engine.setup_distributed(cfg.run)
     if not cfg.data.train:
-        raise ConfigError("data.train is empty: give scored shards (python -m videomask.score's output)")
+        raise ConfigError("data.train is empty: give scored shards (python -m videomask.scoring.score's output)")
     out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl"))
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)

@@ -1,7 +1,7 @@
 """Score every transcript word and every frame patch against the anchors; write scored shards.
 
-    python -m videomask.score SHARDS OUT --anchors anchors.json --clip ViT-B-32 --pretrained laion2b_s34b_b79k
-    python -m videomask.score SHARDS OUT --anchors anchors.json --clip local-dir:PATH
+    python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip ViT-B-32 --pretrained laion2b_s34b_b79k
+    python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip local-dir:PATH
 
 Each output shard holds the input's samples, unchanged, plus:
 
@@ -14,7 +14,7 @@ Each output shard holds the input's samples, unchanged, plus:
 Word score = aggregation (``max``; ``mean``, ``min``) over anchors of the cosine
 between the word's CLIP text embedding (each word embedded alone, cached) and the
 anchor's. Patch score = the same between the patch's dense CLIP feature (see
-``videomask.clip``) and the anchors embedded with ``--image-prompt``.
+``videomask.scoring.clip_scorer``) and the anchors embedded with ``--image-prompt``.
 
 Resumable: output shards are written as ``.tmp`` and renamed when complete;
 rerunning skips finished shards. A rerun with other anchors or another model on
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import anchors as anchors_mod
-from .build import _atomic_write, sha256_of
-from .clip import ClipScorer, aggregate
-from .data import decode_jpeg, frame_names
+from .. import anchors as anchors_mod
+from ..prep.build import _atomic_write, sha256_of
+from .clip_scorer import ClipScorer, aggregate
+from ..data import decode_jpeg, frame_names
 
 
 class ScoringError(ValueError):
@@ -210,9 +210,9 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m videomask.score", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m videomask.scoring.score", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("shards", type=Path, help="a folder of shards with manifest.json (videomask.build's output)")
+    p.add_argument("shards", type=Path, help="a folder of shards with manifest.json (videomask.prep.build's output)")
     p.add_argument("out", type=Path, help="folder for the scored shards")
     p.add_argument("--anchors", type=Path, required=True, help="anchors.json from python -m videomask.anchors")
     p.add_argument("--clip", required=True, help="open_clip model name (ViT-B-32) or local-dir:PATH")

@@ -1,7 +1,7 @@
 """See what difference-masking will mask before spending GPU hours on it.
 
-    python -m videomask.inspect SCORED_SHARDS --out sample.png [--key KEY | --index N] [--anchors anchors.json]
-    python -m videomask.inspect --anchors-chart anchors.json --out anchors.png
+    python -m videomask.inspection SCORED_SHARDS --out sample.png [--key KEY | --index N] [--anchors anchors.json]
+    python -m videomask.inspection --anchors-chart anchors.json --out anchors.png
 
 The sample picture has: the clip's frames; the same frames under the patch-score
 heat map (scores share one colour scale across the clip); the transcript with
@@ -145,9 +145,9 @@ def anchors_chart(anchors: dict):
 def main(argv=None) -> int:
     from . import anchors as anchors_mod
 
-    p = argparse.ArgumentParser(prog="python -m videomask.inspect", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m videomask.inspection", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("shards", nargs="?", type=Path, help="scored shards (python -m videomask.score's output)")
+    p.add_argument("shards", nargs="?", type=Path, help="scored shards (python -m videomask.scoring.score's output)")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--key", help="sample key (default: the --index-th sample)")
     p.add_argument("--index", type=int, default=0)

@@ -3,7 +3,7 @@
 ``load_clip(name, pretrained)`` accepts what open_clip accepts: a model name with
 a pretrained tag (``"ViT-B-32", "laion2b_s34b_b79k"``), a model name with a
 checkpoint path, or ``"local-dir:/path"`` (``open_clip_config.json`` +
-weights, the layout ``videomask.tiny_clip`` saves).
+weights, the layout ``videomask.demo.tiny_clip`` saves).
 
 Dense patch features (``ClipScorer.dense``), two ways, chosen by the model:
 

@@ -1,9 +1,9 @@
 """Published dataset releases -> videomask manifests -> shards, for the paper's downstream tasks.
 
-    python -m videomask.adapters tvqa --qa tvqa_qa_release/tvqa_train.jsonl tvqa_qa_release/tvqa_val.jsonl \\
+    python -m videomask.prep.adapters tvqa --qa tvqa_qa_release/tvqa_train.jsonl tvqa_qa_release/tvqa_val.jsonl \\
         --subtitles tvqa_subtitles --frames frames_hq --out data/tvqa [--frames-per-clip 8 --size 224]
-    python -m videomask.adapters siq2 --root siq2 --out data/siq2
-    python -m videomask.adapters dsp --root chemprot --out data/chemprot
+    python -m videomask.prep.adapters siq2 --root siq2 --out data/siq2
+    python -m videomask.prep.adapters dsp --root chemprot --out data/chemprot
 
 - ``tvqa``: TVQA's QA JSONL (``qid, q, a0..a4, answer_idx, ts, vid_name, show_name``;
   ``answer_idx`` absent in ``tvqa_test_public.jsonl``), one ``<vid_name>.srt`` per clip, and
@@ -20,7 +20,7 @@ The QA fields become the metadata ``videomask.finetune`` reads (``question``, ``
 ``answer_idx``; the release's ids are kept). A line with a missing or malformed field, or
 whose clip, frames or subtitles cannot be found, is reported in ``OUT/adapter_errors.jsonl``
 with its file, line number and field; every other line is converted. ``OUT/manifest.jsonl``
-is then built into ``OUT/shards`` (``videomask.build``; its own ``errors.jsonl`` there).
+is then built into ``OUT/shards`` (``videomask.prep.build``; its own ``errors.jsonl`` there).
 """
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ def write(rows: list[dict], errors: list[dict], out: Path) -> Path:
 def main(argv=None) -> int:
     from . import build
 
-    p = argparse.ArgumentParser(prog="python -m videomask.adapters", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m videomask.prep.adapters", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="dataset", required=True)
     t = sub.add_parser("tvqa", help="TVQA: QA JSONL + subtitles + frame folders or videos")
     t.add_argument("--qa", type=Path, nargs="+", required=True, help="tvqa_train.jsonl tvqa_val.jsonl ...")

@@ -16,7 +16,7 @@ Half the clips never say that colour aloud, so the question needs the frames.
 Everything is a function of the seed: ``make_world(out, seed=0)`` twice gives the
 same files.
 
-    python -m videomask.world OUT [--general 24 --target 96 --size 128 --seed 0]
+    python -m videomask.demo.world OUT [--general 24 --target 96 --size 128 --seed 0]
 """
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ def object_mask(obj: dict | Obj, t: float, size: int) -> np.ndarray:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m videomask.world", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m videomask.demo.world", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
     for f, v in asdict(WorldConfig()).items():
         p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)

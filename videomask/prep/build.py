@@ -1,7 +1,7 @@
 """Build WebDataset shards from videos + transcripts, or from plain text corpora.
 
-    python -m videomask.build INPUT OUTPUT [--frames 8 --size 224 --workers 4 ...]
-    python -m videomask.build merge OUTPUT        # after a partitioned job array
+    python -m videomask.prep.build INPUT OUTPUT [--frames 8 --size 224 --workers 4 ...]
+    python -m videomask.prep.build merge OUTPUT        # after a partitioned job array
 
 INPUT is a folder (videos with sidecar transcripts matched by stem, or text
 corpora), a manifest (.csv / .jsonl with ``video``, ``transcript``, ``split``
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .clips import BuildOptions, process
+from .cutting import BuildOptions, process
 from .inputs import discover, partition_of
 
 JOURNAL_DIR = ".build"
@@ -312,7 +312,7 @@ def summary(manifest: dict, out: Path) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m videomask.build", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m videomask.prep.build", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", type=Path, help="folder, manifest (.csv/.jsonl) or text corpus (.txt/.jsonl)")
     p.add_argument("output", type=Path, help="folder for shards, manifest.json and errors.jsonl")
@@ -341,7 +341,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "merge":
-        mp_ = argparse.ArgumentParser(prog="python -m videomask.build merge",
+        mp_ = argparse.ArgumentParser(prog="python -m videomask.prep.build merge",
                                       description="merge the part-* folders of a partitioned build")
         mp_.add_argument("output", type=Path)
         out = mp_.parse_args(argv[1:]).output

@@ -1,6 +1,6 @@
 """The n-gram vocabulary of PMI-masking (Levine et al., ICLR 2021), computed from the target corpus.
 
-    python -m videomask.pmi TARGET [TARGET ...] --out ngrams.json [--max-n 3 --min-count 5 --top 1000]
+    python -m videomask.scoring.pmi TARGET [TARGET ...] --out ngrams.json [--max-n 3 --min-count 5 --top 1000]
 
 An n-gram's score is its PMI against its best split ("segmentation-aware" PMI of
 the paper): ``log p(w1..wn) - max over splits (log p(left) + log p(right))``, with
@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .anchors import read_texts, tokens
+from ..anchors import read_texts, tokens
 
 
 def ngram_counts(docs, max_n: int) -> list[Counter]:
@@ -49,7 +49,7 @@ def load(path) -> set[tuple[str, ...]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m videomask.pmi", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m videomask.scoring.pmi", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path("ngrams.json"))

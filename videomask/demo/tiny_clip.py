@@ -22,7 +22,7 @@ CPU-minutes gave patch features that don't localise (object patches above the
 background in 31-66% of frames, against the 90% we require): every token can
 carry the whole image's content, and an image-level loss never asks which does.
 
-    python -m videomask.tiny_clip WORLD OUT [--steps 300 --image-size 128]
+    python -m videomask.demo.tiny_clip WORLD OUT [--steps 300 --image-size 128]
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .transcripts import read_transcript
-from .video import open_video, resize_crop
+from ..prep.transcripts import read_transcript
+from ..prep.video import open_video, resize_crop
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -158,7 +158,7 @@ def fit(world_dir: Path, out: Path, image_size: int = 128, steps: int = 300, bat
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m videomask.tiny_clip", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m videomask.demo.tiny_clip", description=__doc__.split("\n\n")[0])
     p.add_argument("world", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--image-size", type=int, default=128)
