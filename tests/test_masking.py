@@ -178,6 +178,58 @@ def test_bad_input(kwargs, match):
 
 
 def test_registry_lists_the_paper_strategies():
-    assert set(masking.STRATEGIES) == {"random", "difference", "inverse_difference", "whole_word", "span", "pmi",
-                                       "tube", "block"}
+    assert set(masking.STRATEGIES) == {"random", "difference", "inverse_difference", "oracle", "whole_word", "span",
+                                       "pmi", "tube", "block"}
     assert masking.NEEDS_SCORES == {"difference", "inverse_difference"}
+    assert masking.NEEDS_TRUTH == {"oracle"}
+    # the paper's video setting drives the patches only; text-only and both are named apart
+    assert masking.pairing("difference_patches") == ("random", "difference")
+    assert masking.pairing("difference_text") == ("difference", "random")
+    assert masking.needs("difference_patches") == {"scores"} and masking.needs("oracle") == {"truth"}
+    assert masking.needs("random") == set()
+    with pytest.raises(MaskingError, match="unknown masking strategy 'nope'"):
+        masking.pairing("nope")
+
+
+def test_ordinal_ranks_weigh_words_not_distinct_scores():
+    # 10 words, 9 of which tie: dense ranks would give the top word weight 2 against 1 (a 2x preference);
+    # ordinal ranks give N - rank: 9 for the top word against a mean of 4 for the tied ones.
+    scores = torch.tensor([[1.0] + [0.0] * 9])
+    w = masking._ordinal_weights(scores, torch.ones(1, 10, dtype=torch.bool), None)
+    assert w[0, 0] == 9 and sorted(w[0, 1:].tolist()) == list(map(float, range(9)))
+    # sub-tokens share their word's weight; unranked positions (punctuation) weigh 0
+    word_ids = torch.tensor([[0, 0, -1, 1, 2, 2, -1]])
+    tok = torch.tensor([[0.9, 0.9, 0.0, 0.1, 0.5, 0.5, 0.0]])
+    w = masking._ordinal_weights(tok, word_ids >= 0, word_ids)
+    assert w.tolist() == [[2.0, 2.0, 0.0, 0.0, 1.0, 1.0, 0.0]]
+
+
+def test_inverse_difference_never_masks_punctuation_before_words():
+    # 20 tokens: 10 words and 10 punctuation marks; the budget (3) fits in the words, so neither difference
+    # nor its inverse may choose a punctuation mark (the inverse once turned into punctuation masking)
+    word_ids = torch.tensor([[i // 2 if i % 2 == 0 else -1 for i in range(20)]])
+    scores = torch.where(word_ids >= 0, torch.rand(1, 20, generator=torch.Generator().manual_seed(1)), 0.0)
+    valid = torch.ones(1, 20, dtype=torch.bool)
+    for name in ("difference", "inverse_difference"):
+        for mode in ("rank", "topk"):
+            for seed in range(50):
+                m = select(name, scores, valid, 0.15, torch.Generator().manual_seed(seed), alpha=1.0, mode=mode,
+                           word_ids=word_ids)
+                assert int(m.sum()) == 3 and not (m & (word_ids < 0)).any(), (name, mode, seed)
+    # the inverse ranks the least different words first (top-k: exactly the three lowest words)
+    m = select("inverse_difference", scores, valid, 0.15, torch.Generator().manual_seed(0), mode="topk",
+               word_ids=word_ids)
+    words = scores[0, ::2]
+    assert set(m[0].nonzero().flatten().tolist()) == {2 * int(i) for i in words.argsort()[:3]}
+
+
+def test_oracle_masks_ground_truth_first_with_the_same_budget():
+    truth = torch.zeros(2, 40)
+    truth[0, :5] = 1  # 5 truly specific units, budget 10: all 5, then 5 uniform
+    truth[1, 10:30] = 1  # 20 of them, budget 10: 10 of those
+    valid = torch.ones(2, 40, dtype=torch.bool)
+    m = select("oracle", truth, valid, 0.25, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert m.sum(1).tolist() == [10, 10]
+    assert m[0, :5].all() and m[1, 10:30].sum() == 10
+    with pytest.raises(MaskingError, match="'oracle' needs ground truth"):
+        select("oracle", None, valid, 0.25, torch.Generator())

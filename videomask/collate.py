@@ -11,8 +11,11 @@ masked-LM takes, so the collator plugs into ``transformers.Trainer`` as it is.
 
 Word scores are stored per word with character offsets; a fast tokenizer's offset
 mapping gives each token the word it starts in, and the word's score. Tokens outside
-any word (punctuation) rank below every word. Patch scores are resampled from the
-scorer's grid to the model's by area interpolation.
+any word (punctuation) are not ranked: neither difference-masking nor its inverse
+chooses them first. Patch scores are resampled from the scorer's grid to the model's by
+area interpolation. The ``oracle`` control reads ground truth the same way:
+``meta["word_truth"]`` (1 for a truly domain-specific word) and ``patch_truth``
+(``[T, gh, gw]``, the share of each patch that a domain-specific object covers).
 
 Randomness: every sample gets its own generators, seeded from (run seed, epoch,
 sample key): the same configuration draws the same masks in every run, for any
@@ -29,15 +32,9 @@ import torch.nn.functional as F
 
 from . import masking
 
-#: what each strategy means for text and for patches (a text-only strategy masks patches at random)
-PAIRS = {"random": ("random", "random"), "difference": ("difference", "difference"),
-         "inverse_difference": ("inverse_difference", "inverse_difference"), "whole_word": ("whole_word", "random"),
-         "span": ("span", "random"), "pmi": ("pmi", "random"), "tube": ("random", "tube"), "block": ("random", "block")}
-
-
 @dataclass
 class MaskingConfig:
-    strategy: str = "difference"  # a key of PAIRS
+    strategy: str = "difference"  # a key of masking.PAIRINGS
     text_ratio: float = 0.15
     patch_ratio: float = 0.25
     alpha: float = 1.0  # difference-masking's share of the budget (1: pure, 0: random)
@@ -49,8 +46,7 @@ class MaskingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.strategy not in PAIRS:
-            raise masking.MaskingError(f"unknown masking strategy {self.strategy!r}; known: {', '.join(PAIRS)}")
+        masking.pairing(self.strategy)  # an unknown name is an error naming the known ones
         masking.check_ratio(self.text_ratio, self.alpha)
         masking.check_ratio(self.patch_ratio)
         if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1:
@@ -61,7 +57,7 @@ class MaskingConfig:
 
     @property
     def needs_scores(self) -> bool:
-        return self.strategy in ("difference", "inverse_difference")
+        return "scores" in masking.needs(self.strategy)
 
 
 def sample_generator(seed: int, epoch: int, key: str, stream: str) -> torch.Generator:
@@ -128,12 +124,17 @@ class MaskingCollator:
         self.tokenizer, self.config, self.max_length = tokenizer, config, max_length
         self.patch_grid, self.anchors_hash, self.text_only, self.epoch = patch_grid, anchors_hash, text_only, epoch
         self.ngrams = ngrams
-        self.text_strategy, self.patch_strategy = PAIRS[config.strategy]
+        self.text_strategy, self.patch_strategy = masking.pairing(config.strategy)
         if self.text_strategy == "pmi" and ngrams is None:
             raise masking.MaskingError("strategy 'pmi' needs an n-gram vocabulary: python -m videomask.scoring.pmi CORPUS")
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
+
+    @staticmethod
+    def _source(strategy: str) -> str | None:
+        """Which stored values a strategy ranks by: "scores", "truth" or None."""
+        return "scores" if strategy in masking.NEEDS_SCORES else "truth" if strategy in masking.NEEDS_TRUTH else None
 
     def _check(self, s: dict):
         meta = s.get("meta", {})
@@ -141,11 +142,19 @@ class MaskingCollator:
             raise masking.MaskingError(
                 f"sample {s['key']} was scored with anchors {meta['scores'].get('anchors_hash')}, but the "
                 f"configured anchors are {self.anchors_hash}: rescore the shards with these anchors")
-        if self.config.needs_scores and ("word_scores" not in meta or (s.get("frames") is not None and
-                                                                        s.get("patch_scores") is None)):
-            raise masking.MaskingError(
-                f"strategy {self.config.strategy!r} needs scores, and sample {s['key']} has none: run "
-                "`python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip ...` and train on OUT")
+        video = s.get("frames") is not None
+        for source, word_key, patch_key in (("scores", "word_scores", "patch_scores"), ("truth", "word_truth",
+                                                                                       "patch_truth")):
+            text_needs = self._source(self.text_strategy) == source
+            patch_needs = self._source(self.patch_strategy) == source and video
+            if (text_needs and word_key not in meta) or (patch_needs and s.get(patch_key) is None):
+                if source == "truth":
+                    raise masking.MaskingError(
+                        f"strategy {self.config.strategy!r} needs ground truth, and sample {s['key']} has none "
+                        f"({word_key} / {patch_key}): only the synthetic world provides it (videomask.demo.truth)")
+                raise masking.MaskingError(
+                    f"strategy {self.config.strategy!r} needs scores, and sample {s['key']} has none: run "
+                    "`python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip ...` and train on OUT")
 
     def _gens(self, samples, stream):
         return [sample_generator(self.config.seed, self.epoch, s["key"], stream) for s in samples]
@@ -162,36 +171,35 @@ class MaskingCollator:
         gens = self._gens(samples, "text")
         params = {"alpha": cfg.alpha, "mode": cfg.text_mode, "word_ids": word_ids, "ngrams": self.ngrams,
                   "words": [[w["w"] for w in s["words"]] for s in samples]}
+        source = self._source(self.text_strategy)
+        n_words = max([len(s["words"]) for s in samples] + [1])
+        w_scores = self._word_values(samples, n_words, "word_scores" if source == "scores" else "word_truth"
+                                     ) if source else None
         if cfg.whole_word and self.text_strategy != "pmi":
             # words are the units: a word is kept only if its first token survived truncation
-            n_words = max([len(s["words"]) for s in samples] + [1])
             w_valid = torch.zeros(len(samples), n_words, dtype=torch.bool)
             for b in range(len(samples)):
                 w_valid[b, word_ids[b][word_ids[b] >= 0].unique()] = True
-            w_scores = self._word_scores(samples, n_words) if cfg.needs_scores else None
             w_mask = masking.select(self.text_strategy if self.text_strategy != "whole_word" else "random",
-                                    w_scores, w_valid, cfg.text_ratio, gens, **params)
+                                    w_scores, w_valid, cfg.text_ratio, gens, **{**params, "word_ids": None})
             mask = torch.gather(w_mask, 1, word_ids.clamp(min=0)) & (word_ids >= 0)
         else:
             scores = None
-            if cfg.needs_scores:
-                w_scores = self._word_scores(samples, max([len(s["words"]) for s in samples] + [1]))
-                scores = torch.gather(w_scores, 1, word_ids.clamp(min=0))
-                floor = w_scores.masked_fill(w_scores.isnan(), float("inf")).min(1, keepdim=True).values - 1
-                scores = torch.where(word_ids >= 0, scores, floor)  # punctuation ranks below every word
+            if w_scores is not None:  # each token gets its word's value; punctuation is not ranked (word id -1)
+                scores = torch.where(word_ids >= 0, torch.gather(w_scores, 1, word_ids.clamp(min=0)), 0.0)
             mask = masking.select(self.text_strategy, scores, valid, cfg.text_ratio, gens, **params)
         inputs, labels = apply_mlm(enc["input_ids"], mask, self.tokenizer, gens, cfg.mask_prob, cfg.random_prob)
         return {"input_ids": inputs, "attention_mask": enc["attention_mask"], "labels": labels, "text_mask": mask}
 
     @staticmethod
-    def _word_scores(samples, n_words):
+    def _word_values(samples, n_words, key):
         out = np.zeros((len(samples), n_words), dtype=np.float32)
         for b, s in enumerate(samples):
-            ws = s["meta"]["word_scores"]
+            ws = s["meta"][key]
             out[b, :len(ws)] = ws
         bad = np.isnan(out).any(1).nonzero()[0]
         if len(bad):
-            raise masking.MaskingError(f"sample {samples[bad[0]]['key']}: its word scores contain NaN")
+            raise masking.MaskingError(f"sample {samples[bad[0]]['key']}: its {key.replace('_', ' ')} contain NaN")
         return torch.from_numpy(out)
 
     def video(self, samples):
@@ -199,7 +207,10 @@ class MaskingCollator:
         has = [s.get("frames") is not None for s in samples]
         first = samples[has.index(True)]
         T, _, S, _ = first["frames"].shape
-        stored = first["patch_scores"].shape[-2:] if first.get("patch_scores") is not None else None
+        source = self._source(self.patch_strategy)
+        key = {"scores": "patch_scores", "truth": "patch_truth"}.get(source)
+        stored = first[key].shape[-2:] if key and first.get(key) is not None else (
+            first["patch_scores"].shape[-2:] if first.get("patch_scores") is not None else None)
         grid = tuple(self.patch_grid or stored or (1, 1))
         for s in samples:
             if s.get("frames") is not None and (s["frames"].shape[1:] != (3, S, S) or s["frames"].shape[0] > T):
@@ -217,17 +228,17 @@ class MaskingCollator:
                     frames[b, :t], frame_valid[b, :t] = s["frames"], True
         valid = frame_valid[:, :, None, None].expand(-1, -1, *grid)
         scores = None
-        if cfg.needs_scores:
-            if all(has) and all(s["patch_scores"].shape == (T, *stored) for s in samples):
-                raw = np.stack([s["patch_scores"] for s in samples]).astype(np.float32)
+        if key:
+            if all(has) and all(s[key].shape == (T, *stored) for s in samples):
+                raw = np.stack([s[key] for s in samples]).astype(np.float32)
             else:
                 raw = np.zeros((len(samples), T, *stored), dtype=np.float32)
                 for b, s in enumerate(samples):
                     if has[b]:
-                        raw[b, :s["patch_scores"].shape[0]] = s["patch_scores"]
+                        raw[b, :s[key].shape[0]] = s[key]
             bad = np.isnan(raw).reshape(len(samples), -1).any(1).nonzero()[0]
             if len(bad):
-                raise masking.MaskingError(f"sample {samples[bad[0]]['key']}: its patch scores contain NaN")
+                raise masking.MaskingError(f"sample {samples[bad[0]]['key']}: its {key.replace('_', ' ')} contain NaN")
             scores = resample_grid(torch.from_numpy(raw).flatten(0, 1), grid).view(len(samples), T, *grid)
         gens = self._gens([s for s, r in zip(samples, has) if r], "patch")
         params = {"alpha": cfg.alpha, "mode": cfg.patch_mode}

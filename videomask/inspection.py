@@ -110,18 +110,19 @@ def sample_masks(sample: dict, strategy: str, text_ratio=0.15, patch_ratio=0.25,
     import torch
 
     from . import masking
-    from .collate import PAIRS, sample_generator
+    from .collate import sample_generator
 
-    text_name, patch_name = PAIRS[strategy]
+    text_name, patch_name = masking.pairing(strategy)
     if text_name in ("whole_word", "pmi"):  # on word units, whole-word masking is random word masking
         text_name = "random"
     patch_mask = None
-    if sample.get("patch_scores") is not None:
-        ps = torch.from_numpy(sample["patch_scores"].astype(np.float32))[None]
+    patch_key = "patch_truth" if patch_name in masking.NEEDS_TRUTH else "patch_scores"
+    if sample.get(patch_key) is not None:
+        ps = torch.from_numpy(sample[patch_key].astype(np.float32))[None]
         patch_mask = masking.select(patch_name, ps, torch.ones_like(ps, dtype=torch.bool), patch_ratio,
                                     [sample_generator(seed, 0, sample["key"], "patch")], alpha=alpha, mode="topk")[0]
     word_mask = None
-    ws = sample["meta"].get("word_scores")
+    ws = sample["meta"].get("word_truth" if text_name in masking.NEEDS_TRUTH else "word_scores")
     if ws:
         scores = torch.tensor(ws, dtype=torch.float)[None]
         valid = torch.ones_like(scores, dtype=torch.bool)

@@ -17,9 +17,14 @@ Video strategies (``tube``, ``block``) take ``[B, T, H, W]`` tensors instead of 
 Registered (``STRATEGIES``): ``random``, ``difference`` (docs/method.md §4: ``mode="topk"``
 for patches, the top ``floor(alpha * budget)`` by score then a uniform fill; ``mode="rank"``
 for text, sampling without replacement with probability ``alpha * p_rank + (1 - alpha) *
-uniform`` where a unit of rank r among N gets weight ``N - r``), ``inverse_difference``
-(the same on negated scores: the least different first), ``whole_word``, ``span``
-(SpanBERT), ``pmi`` (Levine et al. 2021), ``tube`` and ``block`` (VideoMAE).
+uniform`` where a word of ordinal rank r among the row's N words gets weight ``N - r``),
+``inverse_difference`` (the same on negated scores: the least different first), ``oracle``
+(the top-k of ground-truth scores: the upper control on data that has them), ``whole_word``,
+``span`` (SpanBERT), ``pmi`` (Levine et al. 2021), ``tube`` and ``block`` (VideoMAE).
+
+``PAIRINGS`` names what a configured strategy does to text and to patches (the authors' video
+code drove the patches only by score: ``difference_patches``); the collator, the configs, the
+harness and the inspector read it from here.
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ from typing import Callable
 import torch
 
 STRATEGIES: dict[str, Callable] = {}
-NEEDS_SCORES: set[str] = set()
+NEEDS_SCORES: set[str] = set()  # read the stored difference scores
+NEEDS_TRUTH: set[str] = set()  # read ground-truth scores (the synthetic world's planted units)
 VIDEO_ONLY: set[str] = set()
 
 
@@ -37,11 +43,13 @@ class MaskingError(ValueError):
     pass
 
 
-def register(name: str, needs_scores: bool = False, video_only: bool = False):
+def register(name: str, needs_scores: bool = False, video_only: bool = False, needs_truth: bool = False):
     def deco(fn):
         STRATEGIES[name] = fn
         if needs_scores:
             NEEDS_SCORES.add(name)
+        if needs_truth:
+            NEEDS_TRUTH.add(name)
         if video_only:
             VIDEO_ONLY.add(name)
         return fn
@@ -92,6 +100,9 @@ def _take_top(keys: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> 
 
 
 def _check_scores(scores, valid, name):
+    if scores is None and name in NEEDS_TRUTH:
+        raise MaskingError(f"strategy {name!r} needs ground truth (which units are truly domain-specific), and "
+                           "this data has none: only the synthetic world provides it (videomask.demo.truth)")
     if scores is None:
         raise MaskingError(f"strategy {name!r} needs scores; run `python -m videomask.scoring.score` on the shards "
                            "(or pick a strategy that needs none: random, whole_word, span, tube, block, pmi)")
@@ -106,59 +117,89 @@ def random_mask(scores, valid, ratio, generator, **_):
     return _take_top(uniform(valid.shape, generator), valid, budgets(valid, ratio))
 
 
-def _dense_ranks(scores: torch.Tensor, valid: torch.Tensor):
-    """Rank of each unit's score among the row's distinct valid scores (0 = highest; equal scores, such
-    as the sub-tokens of one word, share a rank), and the number of distinct scores per row."""
-    s = scores.masked_fill(~valid, float("-inf"))
-    sorted_s, order = s.sort(dim=1, descending=True)
-    new = torch.ones_like(sorted_s, dtype=torch.long)
-    new[:, 1:] = (sorted_s[:, 1:] != sorted_s[:, :-1]).long()
-    dense = new.cumsum(1) - 1  # dense rank in sorted order
-    rank = torch.empty_like(dense)
-    rank.scatter_(1, order, dense)
-    count = torch.where(valid, rank + 1, torch.zeros_like(rank)).max(1).values
-    return rank, count
+def _ordinal_weights(scores: torch.Tensor, ranked: torch.Tensor, unit_ids: torch.Tensor | None) -> torch.Tensor:
+    """The authors' text weights: the row's N ranked units get ordinal ranks 1..N by decreasing score
+    (ties broken by position: no flattening when many units share a score), unit weight ``N - rank``,
+    copied to every position of the unit. ``unit_ids`` [B, L] (a word per token, -1 = none): units are
+    words; None: every position is its own unit. Unranked positions weigh 0. Returns float [B, L]."""
+    B, L = ranked.shape
+    ids = torch.arange(L).expand(B, L) if unit_ids is None else unit_ids
+    ids = torch.where(ranked, ids, torch.full_like(ids, -1))
+    n_units = int(ids.max()) + 1 if ids.numel() and int(ids.max()) >= 0 else 0
+    if n_units == 0:
+        return torch.zeros(B, L)
+    # one score per unit: the positions of a word share its score, so any of them may write it
+    unit_score = torch.full((B, n_units + 1), float("-inf"))
+    present = torch.zeros(B, n_units + 1, dtype=torch.bool)
+    slot = torch.where(ids >= 0, ids, torch.full_like(ids, n_units))  # unranked positions: a spare slot
+    unit_score.scatter_(1, slot, scores.float())
+    present.scatter_(1, slot, torch.ones_like(slot, dtype=torch.bool))
+    present[:, n_units] = False
+    unit_score = unit_score.masked_fill(~present, float("-inf"))
+    order = unit_score.argsort(dim=1, descending=True, stable=True)  # [B, U + 1]
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(1, n_units + 2).expand(B, -1).contiguous())  # 1 = most different
+    n = present.sum(1, keepdim=True)
+    weight = (n - rank).clamp(min=0).float() * present
+    return torch.where(ids >= 0, torch.gather(weight, 1, slot), torch.zeros(B, L))
 
 
 @register("difference", needs_scores=True)
-def difference(scores, valid, ratio, generator, alpha: float = 1.0, mode: str = "topk", **_):
+def difference(scores, valid, ratio, generator, alpha: float = 1.0, mode: str = "topk", word_ids=None,
+               ranked=None, **_):
     """Difference-masking (docs/method.md §4).
 
-    ``mode="topk"`` (patches): the top ``floor(alpha * budget)`` units by score, then the rest of
-    the budget uniformly from the remaining units. alpha=1: exactly the top-scoring units; alpha=0:
+    ``mode="topk"`` (patches): the top ``floor(alpha * budget)`` ranked units by score, then the rest
+    of the budget uniformly from the remaining units. alpha=1: exactly the top-scoring units; alpha=0:
     uniform random masking.
-    ``mode="rank"`` (text): unit weights ``N - rank`` over the N distinct scores (so the sub-tokens
-    of a word, which share its score, share its weight), mixed with uniform by alpha, sampled
-    without replacement (Gumbel top-k, i.e. sequential sampling proportional to the weights).
+    ``mode="rank"`` (text): ordinal word ranks, weight ``N - rank`` per word copied to its tokens
+    (``word_ids`` [B, L]; None: every unit its own word), mixed with uniform by alpha, sampled without
+    replacement (Gumbel top-k, i.e. sequential sampling proportional to the weights). ``ranked``
+    [B, L]: the units that take part in the ranking (default: those with a word); the others
+    (punctuation) weigh 0 in ``p_rank``, so neither difference nor its inverse masks them first. If the
+    weighted units cannot fill the budget, the rest is drawn uniformly: the budget stays exact.
     """
     check_ratio(ratio, alpha)
     _check_scores(scores, valid, "difference")
     flat_valid, flat_scores = valid.flatten(1), scores.flatten(1).float()
     budget = budgets(flat_valid, ratio)
     u = uniform(flat_valid.shape, generator)
+    if ranked is None:
+        ranked = flat_valid if word_ids is None else flat_valid & (word_ids.flatten(1) >= 0)
+    ranked = ranked.flatten(1) & flat_valid
     if mode == "topk":
-        n_top = torch.floor(alpha * budget.double() + 1e-9).long()
+        n_top = torch.minimum(torch.floor(alpha * budget.double() + 1e-9).long(), ranked.sum(1))
         # the noise only orders exactly equal scores (float16 grids have many): a random tie-break
-        top = _take_top(flat_scores.double() + 1e-9 * u.double(), flat_valid, n_top)
+        top = _take_top(flat_scores.double() + 1e-9 * u.double(), ranked, n_top)
         rest = _take_top(u, flat_valid & ~top, budget - n_top)
         return (top | rest).view_as(valid)
     if mode == "rank":
-        rank, n_ranks = _dense_ranks(flat_scores, flat_valid)
-        p_rank = (n_ranks[:, None] - rank).clamp(min=0).float() * flat_valid
-        p_rank = p_rank / p_rank.sum(1, keepdim=True).clamp(min=1e-12)
+        w = _ordinal_weights(flat_scores, ranked, None if word_ids is None else word_ids.flatten(1))
+        p_rank = w / w.sum(1, keepdim=True).clamp(min=1e-12)
         n = flat_valid.sum(1, keepdim=True).clamp(min=1)
         p = alpha * p_rank + (1 - alpha) * flat_valid.float() / n
         # Gumbel top-k: keys log p + Gumbel noise; the largest `budget` are a sample without replacement
         keys = torch.log(p) - torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-7)))
-        return _take_top(keys, flat_valid & (p > 0), budget).view_as(valid)
+        chosen = _take_top(keys, flat_valid & (p > 0), budget)
+        rest = _take_top(u, flat_valid & ~chosen, budget - chosen.sum(1))
+        return (chosen | rest).view_as(valid)
     raise MaskingError(f"difference: mode must be 'topk' or 'rank', got {mode!r}")
 
 
 @register("inverse_difference", needs_scores=True)
 def inverse_difference(scores, valid, ratio, generator, **params):
-    """The paper's control: difference-masking of the *least* different units."""
+    """The paper's control: difference-masking of the *least* different units (words only, in rank mode)."""
     _check_scores(scores, valid, "inverse_difference")
     return difference(-scores, valid, ratio, generator, **params)
+
+
+@register("oracle", needs_truth=True)
+def oracle(truth, valid, ratio, generator, word_ids=None, **_):
+    """The upper control: the units that ground truth marks as domain-specific first (``truth``: higher =
+    more truly specific, e.g. the share of a patch covered by a target object, 1 for a planted word),
+    ties in random order, then a uniform fill: the same exact budget as every other strategy."""
+    check_ratio(ratio)
+    return difference(truth, valid, ratio, generator, alpha=1.0, mode="topk", word_ids=word_ids)
 
 
 def whole_units(unit_ids: torch.Tensor, valid: torch.Tensor, ratio: float, unit_keys: torch.Tensor,
@@ -297,7 +338,7 @@ def block(scores, valid, ratio, generator, min_area: float = 0.1, max_aspect: fl
 def select(name: str, scores, valid, ratio, generator, **params) -> torch.Tensor:
     """Run the registered strategy ``name``; see the module docstring."""
     fn = get(name)
-    if name in NEEDS_SCORES:
+    if name in NEEDS_SCORES or name in NEEDS_TRUTH:
         _check_scores(scores, valid, name)
     if name in VIDEO_ONLY:
         if valid.dim() != 4:
@@ -307,3 +348,33 @@ def select(name: str, scores, valid, ratio, generator, **params) -> torch.Tensor
         flat = fn(None if scores is None else scores.flatten(1), valid.flatten(1), ratio, generator, **params)
         return flat.view_as(valid)
     return fn(scores, valid, ratio, generator, **params)
+
+
+# -- what a configured strategy does to each modality ------------------------------------------------
+PAIRINGS: dict[str, tuple[str, str]] = {
+    "random": ("random", "random"),
+    "difference": ("difference", "difference"),  # text and patches by score
+    "difference_text": ("difference", "random"),  # the authors' text experiments
+    "difference_patches": ("random", "difference"),  # the authors' video code: patches by score, text random
+    "inverse_difference": ("inverse_difference", "inverse_difference"),
+    "oracle": ("oracle", "oracle"),
+    "whole_word": ("whole_word", "random"),
+    "span": ("span", "random"),
+    "pmi": ("pmi", "random"),
+    "tube": ("random", "tube"),
+    "block": ("random", "block"),
+}
+
+
+def pairing(name: str) -> tuple[str, str]:
+    """(text strategy, patch strategy) of a configured strategy name."""
+    if name not in PAIRINGS:
+        raise MaskingError(f"unknown masking strategy {name!r}; known: {', '.join(PAIRINGS)}")
+    return PAIRINGS[name]
+
+
+def needs(name: str) -> set[str]:
+    """What a configured strategy reads from the shards: a subset of {"scores", "truth"}."""
+    sides = pairing(name)
+    return ({"scores"} if any(s in NEEDS_SCORES for s in sides) else set()) | (
+        {"truth"} if any(s in NEEDS_TRUTH for s in sides) else set())
