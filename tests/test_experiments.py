@@ -23,7 +23,19 @@ def test_harness_table_picture_and_resume(scored_shards, tiny_shards, tiny_ancho
         table = list(csv.DictReader(f))
     assert len(table) == 3 and all(0 <= float(r["test_accuracy"]) <= 1 for r in table)
     md = (out / "results.md").read_text()
-    assert md.startswith("| condition | seeds | accuracy |") and md.count("\n") == 5 and "**" in md
+    main = md.split("\n\n")[0]
+    assert main.startswith("| condition | seeds | accuracy |") and main.count("\n") == 4 and "**" in main
+    # the zero-shot probe of each continued model (the base here has no run to probe), and its columns
+    assert (out / "cells" / "random_s0" / "probe.json").exists()
+    assert not (out / "cells" / "no_continued_pretraining_s0" / "probe.json").exists()
+    assert table[1]["mlm_accuracy"] != "" and table[0]["mlm_accuracy"] == ""
+    # paired differences against random, with an interval, for every other condition and measure
+    pairs = json.loads((out / "paired.json").read_text())
+    assert {(p["condition"], p["measure"]) for p in pairs} >= {("difference k=4", "test accuracy"),
+                                                               ("no continued pretraining", "test accuracy"),
+                                                               ("difference k=4", "mlm accuracy")}
+    assert all(p["lo"] <= p["mean"] <= p["hi"] and p["reference"] == "random" for p in pairs)
+    assert "difference k=4 − random | test accuracy" in md
     assert (out / "results.png").stat().st_size > 5000
     anchors = json.loads((out / "anchors" / "anchors_k4.json").read_text())
     assert len(anchors["anchors"]) == 4

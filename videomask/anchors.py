@@ -73,15 +73,16 @@ def _text_files(path: Path):
     return [path]
 
 
-def read_texts(path) -> list[str]:
-    """The documents of a shard folder, a text file, or a folder of text files."""
+def read_texts(path, split: str | None = None) -> list[str]:
+    """The documents of a shard folder (``split``: only that split's samples), a text file, or a folder
+    of text files."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_dir() and ((path / "manifest.json").exists() or any(path.glob("*.tar"))):
         from .data import dataset
 
-        return [s["text"] for s in dataset(path, frames=False)]
+        return [s["text"] for s in dataset(path, split, frames=False)]
     docs = []
     for f in _text_files(path):
         ext = f.suffix.lower()
@@ -212,8 +213,9 @@ def show(a: dict) -> str:
 
 
 def build_anchors(targets, reference="wordfreq:en", k=20, method="tficf", min_count=3, min_length=3, smoothing=1.0,
-                  seed=0, anchors_file=None, anchors_mode="extend") -> dict:
-    docs = [d for t in targets for d in read_texts(t)]
+                  seed=0, anchors_file=None, anchors_mode="extend", split: str | None = None) -> dict:
+    """``split``: read only that split of target shard folders (anchors from held-out text would leak it)."""
+    docs = [d for t in targets for d in read_texts(t, split)]
     target = count(docs)
     if not target:
         raise ValueError(f"the target corpus ({', '.join(map(str, targets))}) holds no words")
@@ -233,7 +235,8 @@ def build_anchors(targets, reference="wordfreq:en", k=20, method="tficf", min_co
     options = {"targets": [str(t) for t in targets], "reference": reference if isinstance(reference, str) else
                [str(r) for r in reference], "k": k, "method": method, "min_count": min_count,
                "min_length": min_length, "smoothing": smoothing, "seed": seed, "stopwords": "stop-words:en",
-               "anchors_file": str(anchors_file) if anchors_file else None, "anchors_mode": anchors_mode}
+               "anchors_file": str(anchors_file) if anchors_file else None, "anchors_mode": anchors_mode,
+               "split": split}
     return {"format": "videomask-anchors/1", "anchors": rows, "hash": anchor_hash(r["word"] for r in rows),
             "options": options, **summary}
 
@@ -244,6 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("targets", nargs="*", type=Path, help="target shards or text files/folders")
     p.add_argument("--reference", nargs="+", default=["wordfreq:en"],
                    help="reference text files/folders, or wordfreq:LANG (default: wordfreq:en)")
+    p.add_argument("--split", default=None, help="only this split of target shard folders (e.g. train: anchors "
+                   "must not read held-out text)")
     p.add_argument("--k", type=int, default=20, help="number of anchors (default: 20)")
     p.add_argument("--method", choices=["tficf", "freq", "random"], default="tficf",
                    help="tficf (default); freq: target frequency only (no ICF); random: K random candidates")
@@ -268,7 +273,7 @@ def main(argv=None) -> int:
     reference = a.reference[0] if len(a.reference) == 1 and a.reference[0].startswith("wordfreq:") else a.reference
     try:
         result = build_anchors(a.targets, reference, a.k, a.method, a.min_count, a.min_length, a.smoothing, a.seed,
-                               a.anchors_file, a.anchors_mode)
+                               a.anchors_file, a.anchors_mode, a.split)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -189,7 +189,11 @@ class MaskingCollator:
                 scores = torch.where(word_ids >= 0, torch.gather(w_scores, 1, word_ids.clamp(min=0)), 0.0)
             mask = masking.select(self.text_strategy, scores, valid, cfg.text_ratio, gens, **params)
         inputs, labels = apply_mlm(enc["input_ids"], mask, self.tokenizer, gens, cfg.mask_prob, cfg.random_prob)
-        return {"input_ids": inputs, "attention_mask": enc["attention_mask"], "labels": labels, "text_mask": mask}
+        out = {"input_ids": inputs, "attention_mask": enc["attention_mask"], "labels": labels, "text_mask": mask}
+        if all("word_truth" in s["meta"] for s in samples):  # diagnostics: which tokens are truly domain-specific
+            wt = self._word_values(samples, n_words, "word_truth")
+            out["truth_tokens"] = (torch.gather(wt, 1, word_ids.clamp(min=0)) > 0) & (word_ids >= 0)
+        return out
 
     @staticmethod
     def _word_values(samples, n_words, key):
@@ -249,13 +253,18 @@ class MaskingCollator:
             patch_mask = torch.zeros_like(valid)
             patch_mask[rows] = masking.select(self.patch_strategy, scores[rows] if scores is not None else None,
                                               valid[rows], cfg.patch_ratio, gens, **params)
-        return {"frames": frames, "frame_valid": frame_valid, "patch_mask": patch_mask}
+        out = {"frames": frames, "frame_valid": frame_valid, "patch_mask": patch_mask}
+        if all(has) and all(s.get("patch_truth") is not None and s["patch_truth"].shape[0] == T for s in samples):
+            # diagnostics: how much of the truly domain-specific area each patch holds
+            raw = torch.from_numpy(np.stack([s["patch_truth"] for s in samples]).astype(np.float32))
+            out["patch_truth"] = resample_grid(raw.flatten(0, 1), grid).view(len(samples), T, *grid)
+        return out
 
     def __call__(self, samples: list[dict]) -> dict:
         for s in samples:
             self._check(s)
         batch = self.text(samples)
-        if self.text_only:
+        if self.text_only:  # only what a Hugging Face masked-LM takes
             return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
         if any(s.get("frames") is not None for s in samples):
             batch.update(self.video(samples))

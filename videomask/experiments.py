@@ -8,9 +8,16 @@ pretraining and fine-tuning runs (``run.resume=auto``): rerunning the command af
 interruption finishes the table. Outputs in ``out``:
 
 - ``cells/<cell>/pretrain`` and ``cells/<cell>/finetune``: the runs;
-- ``results.csv``: one row per cell (strategy, alpha, anchors, seed, test metrics);
-- ``results.md``: mean +- std over seeds per condition, the best mean of each column in bold;
-- ``results.png``: a bar chart of ``metric`` with the std over seeds as error bars.
+- ``cells/<cell>/probe.json``: the zero-shot domain probe (``videomask.probe``) of the cell's
+  model on ``probe_split`` of ``probe_shards``: masked-token accuracy on anchor and other words,
+  and the cloze where the metadata has one;
+- ``results.csv``: one row per cell (strategy, alpha, anchors, seed, test metrics, probe columns);
+- ``results.md``: mean +- std over seeds per condition, the best mean of each column in bold, then
+  the paired differences against ``reference`` (default ``random``): per condition and measure,
+  the mean difference and a bootstrap 95% confidence interval over seeds and questions
+  (``videomask.metrics.paired_bootstrap``); seeds pair cells (same data order, same probe);
+- ``results.png``: a bar chart of ``metric`` with the std over seeds as error bars, and the
+  paired differences with their intervals.
 
 ``anchor_counts`` (e.g. ``[5, 10, 20]``) takes the top-K words of the pretraining config's
 ``data.anchors`` and re-scores ``shards`` (unscored) with ``scorer`` for each K; empty: the
@@ -31,12 +38,25 @@ from omegaconf import OmegaConf
 
 from . import anchors as anchors_mod
 from . import finetune as ft
-from . import train
+from . import masking, metrics, train
+from . import probe as probe_mod
 from .config import ConfigError
 from .config import load_config as _load_layered
 
-SCORED = ("difference", "inverse_difference")
 METRICS = ("accuracy", "macro_f1", "micro_f1")
+#: the probe's columns (probe.json's summary): kind -> the accuracies reported
+PROBE = {"mlm": ("accuracy", "anchor_accuracy", "other_accuracy"),
+         "cloze": ("accuracy", "target_accuracy", "general_accuracy")}
+PROBE_COLUMNS = tuple(f"{k}_{m}" for k, ms in PROBE.items() for m in ms)
+#: diagnostics of each continued-pretraining run (its metrics.jsonl, where the data has ground truth):
+#: the share of truly domain-specific tokens and patch area masked, and masked-token accuracy on them vs the rest
+DIAGNOSTICS = ("masked_truth_text", "masked_truth_patch", "acc_text_truth", "acc_text_other")
+NONE = "none"  # the strategy of the no-continued-pretraining cells
+
+
+def scored(strategy: str) -> bool:
+    """Strategies that read difference scores: alphas and anchor counts vary them (the registry says which)."""
+    return strategy != NONE and "scores" in masking.needs(strategy)
 
 
 @dataclass
@@ -51,7 +71,11 @@ class ExperimentConfig:
     pretrain: list = field(default_factory=list)  # key=value overrides of the pretraining config
     finetune_files: list = field(default_factory=list)
     finetune: list = field(default_factory=list)  # key=value overrides of the fine-tuning config
-    metric: str = "accuracy"  # of the bar chart
+    metric: str = "accuracy"  # of the bar chart: accuracy, macro_f1, micro_f1 or a probe column (cloze_accuracy)
+    probe: bool = True  # the zero-shot probe of every cell's model (videomask.probe)
+    probe_shards: str = ""  # default: the fine-tuning config's shards
+    probe_split: str = "test"
+    reference: str = "random"  # the condition the paired differences are taken against
     shards: str = ""  # unscored shards, re-scored per anchor count
     scorer: str = ""  # the open_clip model that scores them (name, checkpoint or local-dir:PATH)
     image_prompt: str = "a photo of a {}."
@@ -60,8 +84,15 @@ class ExperimentConfig:
     def __post_init__(self):
         if not self.strategies or not self.seeds:
             raise ConfigError("strategies and seeds must not be empty")
-        if self.metric not in METRICS:
-            raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.metric not in METRICS + PROBE_COLUMNS:
+            raise ConfigError(f"metric must be one of {', '.join(METRICS + PROBE_COLUMNS)}, got {self.metric!r}")
+        for name in self.strategies:  # every cell's strategy is checked before the first one trains
+            try:
+                masking.pairing(name)
+            except masking.MaskingError as e:
+                raise ConfigError(f"strategies: {e}") from None
+        if any(not 0 <= float(a) <= 1 for a in self.alphas):
+            raise ConfigError(f"alphas must be in [0, 1], got {list(self.alphas)}")
         if self.anchor_counts and not (self.shards and self.scorer):
             raise ConfigError("anchor_counts needs shards (unscored) and scorer to re-score them for each count")
         if any(int(k) < 1 for k in self.anchor_counts):
@@ -77,12 +108,12 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
     out = []
     for seed in cfg.seeds:
         if cfg.baseline:
-            out.append({"condition": "no continued pretraining", "strategy": "none", "alpha": None, "anchors": None,
+            out.append({"condition": "no continued pretraining", "strategy": NONE, "alpha": None, "anchors": None,
                         "seed": int(seed)})
         for strategy in cfg.strategies:
-            scored = strategy in SCORED
-            for alpha in (cfg.alphas if scored else [None]):
-                for k in (cfg.anchor_counts or [None]) if scored else [None]:
+            uses_scores = scored(strategy)
+            for alpha in (cfg.alphas if uses_scores else [None]):
+                for k in (cfg.anchor_counts or [None]) if uses_scores else [None]:
                     label = strategy + (f" a={alpha:g}" if alpha is not None and len(cfg.alphas) > 1 else "") + (
                         f" k={k}" if k is not None else "")
                     out.append({"condition": label, "strategy": strategy, "alpha": alpha, "anchors": k,
@@ -113,10 +144,6 @@ def anchors_for(cfg: ExperimentConfig, base_anchors: str, k: int, out: Path) -> 
 def run_cell(cfg: ExperimentConfig, cell: dict, out: Path) -> dict:
     folder = out / "cells" / cell["name"]
     done = folder / "finetune" / "metrics.json"
-    if done.exists():
-        print(f"[{cell['name']}] finished earlier: skipped")
-        return json.loads(done.read_text())
-    t = time.perf_counter()
     seed = cell["seed"]
 
     def pretrain_config(*extra):
@@ -124,39 +151,104 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path) -> dict:
                                                       f"run.out={folder / 'pretrain'}", "run.resume=auto"])
 
     pre = pretrain_config()
-    ft_overrides = [*cfg.finetune, f"run.seed={seed}", f"run.out={folder / 'finetune'}", "run.resume=auto"]
-    if cell["strategy"] == "none":  # the base model, described by the pretraining config
-        fcfg = replace(ft.load_config(cfg.finetune_files, ft_overrides), model=pre.model)
+    if done.exists():
+        print(f"[{cell['name']}] finished earlier: skipped")
+        r = json.loads(done.read_text())
     else:
-        extra = [f"masking.strategy={cell['strategy']}"]
-        if cell["alpha"] is not None:
-            extra.append(f"masking.alpha={cell['alpha']}")
-        if cell["anchors"] is not None:
-            a, scored = anchors_for(cfg, pre.data.anchors, int(cell["anchors"]), out)
-            extra += [f"data.anchors={a}", f"data.train={scored}"]
-        pre = pretrain_config(*extra)
-        print(f"[{cell['name']}] continued pretraining ({pre.masking.strategy}, {pre.optim.max_steps} steps)",
+        t = time.perf_counter()
+        ft_overrides = [*cfg.finetune, f"run.seed={seed}", f"run.out={folder / 'finetune'}", "run.resume=auto"]
+        if cell["strategy"] == NONE:  # the base model, described by the pretraining config (model.init: its run)
+            fcfg = replace(ft.load_config(cfg.finetune_files, ft_overrides), model=pre.model)
+        else:
+            extra = [f"masking.strategy={cell['strategy']}"]
+            if cell["alpha"] is not None:
+                extra.append(f"masking.alpha={cell['alpha']}")
+            if cell["anchors"] is not None:
+                a, scored_dir = anchors_for(cfg, pre.data.anchors, int(cell["anchors"]), out)
+                extra += [f"data.anchors={a}", f"data.train={scored_dir}"]
+            pre = pretrain_config(*extra)
+            print(f"[{cell['name']}] continued pretraining ({pre.masking.strategy}, {pre.optim.max_steps} steps)",
+                  flush=True)
+            if not (folder / "pretrain" / "model.safetensors").exists():
+                train.train(pre)
+            fcfg = ft.load_config(cfg.finetune_files, [*ft_overrides, f"init={folder / 'pretrain'}"])
+        print(f"[{cell['name']}] fine-tuning ({fcfg.task}, {fcfg.mode})", flush=True)
+        r = ft.finetune(fcfg)
+        print(f"[{cell['name']}] test accuracy {r['test']['accuracy']:.4f} ({time.perf_counter() - t:.0f}s)",
               flush=True)
-        if not (folder / "pretrain" / "model.safetensors").exists():
-            train.train(pre)
-        fcfg = ft.load_config(cfg.finetune_files, [*ft_overrides, f"init={folder / 'pretrain'}"])
-    print(f"[{cell['name']}] fine-tuning ({fcfg.task}, {fcfg.mode})", flush=True)
-    r = ft.finetune(fcfg)
-    print(f"[{cell['name']}] test accuracy {r['test']['accuracy']:.4f} ({time.perf_counter() - t:.0f}s)", flush=True)
+    model_run = folder / "pretrain" if cell["strategy"] != NONE else pre.model.init
+    if cfg.probe and model_run and not (folder / "probe.json").exists():
+        shards = cfg.probe_shards or ft.load_config(cfg.finetune_files, cfg.finetune).shards
+        pr = probe_mod.probe(model_run, shards, cfg.probe_split, pre.data.anchors or None, seed=0,
+                             out=folder / "probe.json")
+        print(f"[{cell['name']}] probe: " + ", ".join(f"{k} {pr[k]['accuracy']:.3f}" for k in PROBE if k in pr),
+              flush=True)
     return r
 
 
 def collect(cfg: ExperimentConfig, out: Path) -> list[dict]:
-    """One row per finished cell, read back from the cells' metrics.json."""
+    """One row per finished cell, read back from the cells' metrics.json and probe.json."""
     rows = []
     for c in cells(cfg):
         m = out / "cells" / c["name"] / "finetune" / "metrics.json"
         if m.exists():
             r = json.loads(m.read_text())
-            rows.append({**{k: c[k] for k in ("condition", "strategy", "alpha", "anchors", "seed")},
-                         **{f"test_{k}": r["test"][k] for k in METRICS}, "test_n": r["test"]["n"],
-                         "chance": 1 / len(r["labels"]) if r["task"] == "mcqa" else None, "cell": c["name"]})
+            row = {**{k: c[k] for k in ("condition", "strategy", "alpha", "anchors", "seed")},
+                   **{f"test_{k}": r["test"][k] for k in METRICS}, "test_n": r["test"]["n"],
+                   "chance": 1 / len(r["labels"]) if r["task"] == "mcqa" else None, "cell": c["name"]}
+            logged = out / "cells" / c["name"] / "pretrain" / "metrics.jsonl"
+            steps = [json.loads(x) for x in logged.read_text().splitlines()] if logged.exists() else []
+            for k in DIAGNOSTICS:
+                v = [x[k] for x in steps if k in x]
+                row[k] = float(np.mean(v)) if v else None
+            pr = out / "cells" / c["name"] / "probe.json"
+            summary = json.loads(pr.read_text()) if pr.exists() else {}
+            for kind, names in PROBE.items():
+                for name in names:
+                    row[f"{kind}_{name}"] = summary.get(kind, {}).get(name)
+            rows.append(row)
     return rows
+
+
+def item_scores(out: Path, cell: str, measure: str) -> list[float] | None:
+    """Per-item correctness of one cell, in a fixed item order: ``test`` (the fine-tuned model's test
+    questions) or a probe kind (``cloze``, ``mlm``)."""
+    folder = out / "cells" / cell
+    if measure == "test":
+        m = folder / "finetune" / "metrics.json"
+        if not m.exists():
+            return None
+        p = json.loads(m.read_text()).get("test_predictions")
+        return None if p is None else [float(g == q) for g, q in zip(p["gold"], p["pred"])]
+    pr = folder / "probe.json"
+    if not pr.exists():
+        return None
+    return [float(i["correct"]) for i in json.loads(pr.read_text())["items"] if i["kind"] == measure]
+
+
+def paired(cfg: ExperimentConfig, rows: list[dict], out: Path) -> list[dict]:
+    """Every condition against ``cfg.reference``: mean paired difference and bootstrap 95% CI, for the test
+    questions and for each probe kind, over the seeds both have."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["condition"], {})[r["seed"]] = r["cell"]
+    ref = by.get(cfg.reference)
+    if not ref:
+        return []
+    result = []
+    for cond, seeds in by.items():
+        if cond == cfg.reference:
+            continue
+        common = sorted(set(seeds) & set(ref))
+        for measure in ("test", *PROBE):
+            a = [item_scores(out, seeds[s], measure) for s in common]
+            b = [item_scores(out, ref[s], measure) for s in common]
+            if not common or any(x is None or not x for x in a + b) or len({len(x) for x in a + b}) != 1:
+                continue
+            result.append({"condition": cond, "reference": cfg.reference,
+                           "measure": "test accuracy" if measure == "test" else f"{measure} accuracy",
+                           **metrics.paired_bootstrap(np.array(a), np.array(b))})
+    return result
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -167,51 +259,96 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for cond, rs in groups.items():
         s = {"condition": cond, "seeds": len(rs)}
-        for k in METRICS:
-            v = np.array([r[f"test_{k}"] for r in rs])
-            s[k] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+        for k in (*METRICS, *PROBE_COLUMNS, *DIAGNOSTICS):
+            col = k if k not in METRICS else f"test_{k}"
+            v = np.array([r[col] for r in rs if r.get(col) is not None], dtype=float)
+            s[k] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else None
         out.append(s)
     return out
 
 
-def markdown(summary: list[dict]) -> str:
-    best = {k: max(s[k][0] for s in summary) for k in METRICS}
-    lines = ["| condition | seeds | accuracy | macro-F1 | micro-F1 |", "|---|---|---|---|---|"]
+#: the table's columns: (summary key, header)
+COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("cloze_accuracy", "cloze"),
+           ("cloze_target_accuracy", "cloze, target colours"), ("cloze_general_accuracy", "cloze, general colours"),
+           ("mlm_anchor_accuracy", "masked anchor words"), ("mlm_other_accuracy", "masked other words"))
+
+
+DIAGNOSTIC_COLUMNS = (("masked_truth_text", "planted tokens masked"), ("masked_truth_patch", "target area masked"),
+                      ("acc_text_truth", "accuracy on masked planted tokens"),
+                      ("acc_text_other", "accuracy on other masked tokens"))
+
+
+def table(summary: list[dict], columns, bold: bool = True) -> str:
+    cols = [(k, h) for k, h in columns if any(s[k] is not None for s in summary)]
+    if not cols:
+        return ""
+    best = {k: max(s[k][0] for s in summary if s[k] is not None) for k, _ in cols}
+    lines = ["| condition | seeds | " + " | ".join(h for _, h in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for s in summary:
         cells_ = []
-        for k in METRICS:
+        for k, _ in cols:
+            if s[k] is None:
+                cells_.append("–")
+                continue
             m, sd = s[k]
             text = f"{m:.3f} ± {sd:.3f}" if s["seeds"] > 1 else f"{m:.3f}"
-            cells_.append(f"**{text}**" if np.isclose(m, best[k]) else text)
+            cells_.append(f"**{text}**" if bold and np.isclose(m, best[k]) else text)
         lines.append(f"| {s['condition']} | {s['seeds']} | " + " | ".join(cells_) + " |")
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(summary: list[dict], metric: str, path: Path, chance: float | None, title: str):
-    import matplotlib
+def markdown(summary: list[dict], pairs: list[dict] = ()) -> str:
+    text = table(summary, COLUMNS)
+    diagnostics = table(summary, DIAGNOSTIC_COLUMNS, bold=False)
+    if diagnostics:
+        text += "\nContinued pretraining, mean over its logged steps (ground truth of the world):\n\n" + diagnostics
+    if pairs:
+        text += ("\nPaired differences (bootstrap 95% CI over seeds and questions):\n\n"
+                 "| condition − reference | measure | difference | 95% CI | seeds × items |\n|---|---|---|---|---|\n")
+        for p in pairs:
+            text += (f"| {p['condition']} − {p['reference']} | {p['measure']} | {p['mean']:+.3f} | "
+                     f"[{p['lo']:+.3f}, {p['hi']:+.3f}] | {p['seeds']} × {p['items']} |\n")
+    return text
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(summary), 3.6))
+def bar_chart(summary: list[dict], metric: str, path: Path, chance: float | None, title: str, pairs=()):
+    """Bars of ``metric`` (std over seeds as error bars) and, beside them, the paired differences of that
+    measure with their confidence intervals. Drawn on a ``Figure``: the global pyplot state is untouched."""
+    from matplotlib.figure import Figure
+
+    summary = [s for s in summary if s[metric] is not None]
+    measure = "test accuracy" if metric in METRICS else f"{metric.split('_')[0]} accuracy"
+    pairs = [p for p in pairs if p["measure"] == measure and metric in ("accuracy", "cloze_accuracy", "mlm_accuracy")]
+    fig = Figure(figsize=(1.6 + 1.3 * len(summary) + (1.2 + 1.0 * len(pairs) if pairs else 0), 3.8),
+                 layout="constrained")
+    axes = fig.subplots(1, 2, width_ratios=[len(summary) + 1, len(pairs) + 1]) if pairs else [fig.subplots()]
+    ax = axes[0]
     means = [s[metric][0] for s in summary]
     stds = [s[metric][1] for s in summary]
     x = np.arange(len(summary))
     ax.bar(x, means, yerr=stds, capsize=6, color=["#999999" if s["condition"].startswith("no ") else "#3b75af"
                                                   for s in summary])
     for xi, m in zip(x, means):
-        ax.text(xi, m + 0.01, f"{m:.3f}", ha="center", va="bottom", fontsize=9)
-    if chance is not None:
+        ax.text(xi, m + 0.01, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
+    if chance is not None and metric in METRICS:
         ax.axhline(chance, ls="--", color="k", lw=1)
         ax.text(len(summary) - 0.5, chance, "chance", va="bottom", ha="right", fontsize=8)
-    ax.set_xticks(x, [s["condition"].replace(" ", "\n", 1) if len(s["condition"]) > 14 else s["condition"]
-                      for s in summary], fontsize=9)
-    ax.set_ylabel(f"test {metric.replace('_', '-')}")
+    ax.set_xticks(x, [s["condition"].replace(" ", "\n", 1) if len(s["condition"]) > 12 else s["condition"]
+                      for s in summary], fontsize=8)
+    ax.set_ylabel(metric.replace("_", " "))
     ax.set_ylim(0, min(1.0, max(m + s for m, s in zip(means, stds)) + 0.12))
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    ax.set_title(title, fontsize=9)
+    if pairs:
+        bx = axes[1]
+        xs = np.arange(len(pairs))
+        bx.errorbar(xs, [p["mean"] for p in pairs], yerr=[[p["mean"] - p["lo"] for p in pairs],
+                                                           [p["hi"] - p["mean"] for p in pairs]],
+                    fmt="o", capsize=6, color="#c0392b")
+        bx.axhline(0, color="k", lw=1)
+        bx.set_xticks(xs, [p["condition"].replace("_", "_\n") for p in pairs], fontsize=8)
+        bx.set_title(f"− {pairs[0]['reference']}, 95% CI", fontsize=9)
+        bx.set_xlim(-0.6, len(pairs) - 0.4)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def report(cfg: ExperimentConfig, out: Path) -> list[dict]:
@@ -222,11 +359,12 @@ def report(cfg: ExperimentConfig, out: Path) -> list[dict]:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    summary = summarise(rows)
+    summary, pairs = summarise(rows), paired(cfg, rows, out)
+    (out / "paired.json").write_text(json.dumps(pairs, indent=1))
     seeds = len(cfg.seeds)
-    (out / "results.md").write_text(markdown(summary))
+    (out / "results.md").write_text(markdown(summary, pairs))
     bar_chart(summary, cfg.metric, out / "results.png", rows[0]["chance"],
-              f"{rows[0]['test_n']} test samples, mean ± std over {seeds} seed{'s' if seeds > 1 else ''}")
+              f"{rows[0]['test_n']} test samples, mean ± std over {seeds} seed{'s' if seeds > 1 else ''}", pairs)
     return rows
 
 
@@ -240,7 +378,7 @@ def run(cfg: ExperimentConfig) -> list[dict]:
         run_cell(cfg, c, out)
         report(cfg, out)  # the table grows cell by cell: an interrupted run still leaves one
     rows = report(cfg, out)
-    print(f"\n{markdown(summarise(rows))}\n{out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
+    print(f"\n{(out / 'results.md').read_text()}\n{out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
     return rows
 
 

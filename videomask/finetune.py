@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from . import data, engine, metrics
 from .config import ConfigError, RunConfig
 from .config import load_config as _load_layered
-from .model import ModelConfig, TextMLM, VideoLanguageModel, build_model, load_tokenizer
+from .model import ModelConfig, TextMLM, VideoLanguageModel, build_model, load_run, load_tokenizer
 
 CKPT = "finetune_checkpoint.pt"
 
@@ -59,6 +59,9 @@ class FinetuneConfig:
     test_split: str = "test"
     batch_size: int = 8  # clips (mcqa: each with all its candidates) per process
     max_text_len: int = 64
+    # mcqa: what the question and candidates are read with: the clip's "transcript", or "none" (the frames
+    # alone must answer: a question the transcript gives away measures reading, not the domain)
+    context: str = "transcript"
     lr: float = 1e-3
     weight_decay: float = 0.0
     epochs: int = 20
@@ -72,6 +75,8 @@ class FinetuneConfig:
             raise ConfigError(f"task must be mcqa, clip_cls or text_cls, got {self.task!r}")
         if self.mode not in ("probe", "full"):
             raise ConfigError(f"mode must be probe or full, got {self.mode!r}")
+        if self.context not in ("transcript", "none"):
+            raise ConfigError(f"context must be transcript or none, got {self.context!r}")
         if self.select not in ("accuracy", "macro_f1", "micro_f1"):
             raise ConfigError(f"select must be accuracy, macro_f1 or micro_f1, got {self.select!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.patience < 1:
@@ -90,22 +95,10 @@ def load_encoder(cfg: FinetuneConfig):
         if not cfg.model.preset:
             raise ConfigError("give init=RUN (a continued-pretraining run) or model.preset (the base model)")
         return build_model(cfg.model, len(load_tokenizer(cfg.model))), cfg.model
-    run = Path(cfg.init)
-    if not (run / "model.safetensors").exists():
-        raise ConfigError(f"init={run}: no model.safetensors (is it a finished `python -m videomask.train` run?)")
-    saved = ModelConfig(**json.loads((run / "model_config.json").read_text()))
-    if cfg.model.preset and cfg.model.preset != saved.preset:
-        raise ConfigError(f"init={run} holds a {saved.preset!r} model, but this config asks for "
-                          f"model.preset={cfg.model.preset!r}")
-    from safetensors.torch import load_model
-
-    model = build_model(saved, len(load_tokenizer(saved)))
     try:
-        load_model(model, str(run / "model.safetensors"))
-    except RuntimeError as e:
-        raise ConfigError(f"init={run}: the weights do not fit its model_config.json: "
-                          + " ".join(str(e).split())[:300]) from None
-    return model, saved
+        return load_run(cfg.init, cfg.model.preset)
+    except ValueError as e:
+        raise ConfigError(f"init={e}") from None
 
 
 class Standardize(nn.Module):
@@ -201,8 +194,11 @@ class Collate:
                 firsts += [f"{m['question']} {a}" for a in answers]
                 seconds += [s["text"]] * k_max
                 gold.append(int(m["answer_idx"]))
-            enc = self.tok(firsts, seconds, padding=True, truncation="only_second", max_length=cfg.max_text_len,
-                           return_tensors="pt")
+            if cfg.context == "none":
+                enc = self.tok(firsts, padding=True, truncation=True, max_length=cfg.max_text_len, return_tensors="pt")
+            else:
+                enc = self.tok(firsts, seconds, padding=True, truncation="only_second", max_length=cfg.max_text_len,
+                               return_tensors="pt")
             batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "candidates": cands,
                      "repeat": k_max, **self.frames(samples)}
         else:
@@ -448,7 +444,9 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
     result = {"stopped": False, "task": cfg.task, "mode": cfg.mode, "init": cfg.init or "base model",
               "select": cfg.select, f"best_val_{cfg.select}": best, "test": metrics.scores(gold, pred, n_classes), "labels": names,
               "history": history, "trainable_parameters": sum(p.numel() for p in params),
-              "samples": {"train": n_train, "val": n_val, "test": n_test}, "processes": world}
+              "samples": {"train": n_train, "val": n_val, "test": n_test}, "processes": world,
+              # per question, in the shards' order: what paired comparisons across models resample
+              "test_predictions": {"gold": list(map(int, gold)), "pred": list(map(int, pred))}}
     if rank == 0:
         torch.save(best_state, out / "best.pt")
         (out / "metrics.json").write_text(json.dumps(result, indent=1))

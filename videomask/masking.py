@@ -357,7 +357,11 @@ PAIRINGS: dict[str, tuple[str, str]] = {
     "difference_text": ("difference", "random"),  # the authors' text experiments
     "difference_patches": ("random", "difference"),  # the authors' video code: patches by score, text random
     "inverse_difference": ("inverse_difference", "inverse_difference"),
+    "inverse_difference_text": ("inverse_difference", "random"),
+    "inverse_difference_patches": ("random", "inverse_difference"),
     "oracle": ("oracle", "oracle"),
+    "oracle_text": ("oracle", "random"),
+    "oracle_patches": ("random", "oracle"),
     "whole_word": ("whole_word", "random"),
     "span": ("span", "random"),
     "pmi": ("pmi", "random"),

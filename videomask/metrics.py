@@ -50,3 +50,24 @@ def confusion_png(cm, labels: list[str], path, title: str = ""):
     ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def paired_bootstrap(a, b, n_boot: int = 4000, seed: int = 0, level: float = 0.95) -> dict:
+    """The mean paired difference ``a - b`` and its bootstrap confidence interval.
+
+    ``a``, ``b``: per-item scores (1/0 for right/wrong) ``[seeds, items]`` of two conditions, paired:
+    row s of both comes from the same seed (same data order, same probe), column q from the same
+    question. Each bootstrap replicate resamples seeds and questions with replacement, so the
+    interval carries both sources of noise (training seeds and the finite test set).
+    """
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.ndim != 2 or d.size == 0:
+        raise ValueError(f"paired scores must be [seeds, items] and non-empty, got shape {d.shape}")
+    S, Q = d.shape
+    rng = np.random.default_rng(seed)
+    # a replicate's mean is c_s . d . c_q / (S Q), with c the resampling counts: no copy of d per replicate
+    cs = np.stack([np.bincount(r, minlength=S) for r in rng.integers(S, size=(n_boot, S))])
+    cq = np.stack([np.bincount(r, minlength=Q) for r in rng.integers(Q, size=(n_boot, Q))])
+    boots = np.einsum("bs,sq,bq->b", cs, d, cq) / (S * Q)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean": float(d.mean()), "lo": float(lo), "hi": float(hi), "seeds": S, "items": Q, "level": level}

@@ -22,8 +22,10 @@ patch it should predict.
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -55,6 +57,9 @@ class ModelConfig:
     max_frames: int = 16
     dropout: float = 0.1  # of a text model built from scratch (a pretrained one keeps its own)
     visual_loss: str = "infonce"  # or "regression"
+    # a finished run (its model.safetensors + model_config.json) whose weights this model starts from: the
+    # base model pretrained on the general domain, which continued pretraining continues (docs/method.md §1)
+    init: str = ""
 
     def __post_init__(self):
         if self.kind not in ("video", "text"):
@@ -202,13 +207,25 @@ class VideoLanguageModel(nn.Module):
         L = ids.shape[1]
         out, pix = self.joint(ids, batch["attention_mask"], batch.get("frames"), batch.get("frame_valid"),
                               batch.get("patch_mask"))
-        logits = self.head(out[:, :L])
         labels = batch["labels"]
-        n_text = (labels != -100).sum()
-        result = {"loss_text": F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-                  if n_text else logits.sum() * 0,
-                  "acc_text": ((logits.argmax(-1) == labels) & (labels != -100)).sum() / n_text.clamp(min=1),
-                  "n_text": n_text}
+        chosen_text = labels != -100
+        # the vocabulary projection only where a token is masked (~15% of positions): the same loss, a fraction
+        # of the head's cost (it dominated a small model's step)
+        logits = self.head(out[:, :L][chosen_text])  # [M, V]
+        gold = labels[chosen_text]
+        n_text = chosen_text.sum()
+        hit = logits.argmax(-1) == gold
+        result = {"loss_text": F.cross_entropy(logits.float(), gold) if len(gold) else out.sum() * 0,
+                  "acc_text": hit.sum() / n_text.clamp(min=1), "n_text": n_text}
+        if "truth_tokens" in batch:  # diagnostics where ground truth exists (the synthetic world)
+            truth = batch["truth_tokens"]
+            on = truth[chosen_text]
+            result["masked_truth_text"] = (chosen_text & truth).sum() / truth.sum().clamp(min=1)
+            result["acc_text_truth"] = (hit & on).sum() / on.sum().clamp(min=1)
+            result["acc_text_other"] = (hit & ~on).sum() / (~on).sum().clamp(min=1)
+        if "patch_truth" in batch and "patch_mask" in batch:  # share of the target objects' area masked
+            area = batch["patch_truth"] * batch["frame_valid"][:, :, None, None]
+            result["masked_truth_patch"] = (area * batch["patch_mask"]).sum() / area.sum().clamp(min=1e-6)
         loss = result["loss_text"]
         if "frames" in batch:
             chosen = (batch["patch_mask"] & batch["frame_valid"][:, :, None, None]).flatten()
@@ -265,5 +282,54 @@ class TextMLM(nn.Module):
         return {"loss": out.loss, "loss_text": out.loss, "acc_text": acc, "n_text": n}
 
 
+#: fields that may differ between a run and the run it starts from (they do not change the weights' shapes)
+INIT_FREE = ("init", "dropout", "preset")
+
+
+def check_init(cfg: ModelConfig) -> Path | None:
+    """The run ``cfg.init`` names, checked before anything is built or written: it must hold a finished
+    model of the same architecture and tokenizer. Raises ValueError naming the differing keys."""
+    if not cfg.init:
+        return None
+    run = Path(cfg.init)
+    if not (run / "model.safetensors").exists() or not (run / "model_config.json").exists():
+        raise ValueError(f"model.init={run}: no model.safetensors + model_config.json there (is it a finished "
+                         "`python -m videomask.train` run?)")
+    saved = json.loads((run / "model_config.json").read_text())
+    mine = asdict(cfg)
+    differ = sorted(k for k in set(saved) | set(mine) if k not in INIT_FREE and saved.get(k) != mine.get(k))
+    if differ:
+        raise ValueError(f"model.init={run} holds another architecture or tokenizer: "
+                         + ", ".join(f"model.{k} is {mine.get(k)!r} here, {saved.get(k)!r} there" for k in differ))
+    return run
+
+
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
-    return TextMLM(cfg, vocab_size) if cfg.kind == "text" else VideoLanguageModel(cfg, vocab_size)
+    """The model of ``cfg``; with ``cfg.init``, carrying that run's weights."""
+    model = TextMLM(cfg, vocab_size) if cfg.kind == "text" else VideoLanguageModel(cfg, vocab_size)
+    run = check_init(cfg)
+    if run is not None:
+        from safetensors.torch import load_model
+
+        load_model(model, str(run / "model.safetensors"))
+    return model
+
+
+def load_run(run, preset: str = "") -> tuple[nn.Module, ModelConfig]:
+    """(model, its config) from a finished run folder (``model.safetensors`` + ``model_config.json``).
+    ``preset``: if given, the run must hold a model of that preset."""
+    run = Path(run)
+    if not (run / "model.safetensors").exists():
+        raise ValueError(f"{run}: no model.safetensors (is it a finished `python -m videomask.train` run?)")
+    saved = ModelConfig(**{**json.loads((run / "model_config.json").read_text()), "init": ""})
+    if preset and preset != saved.preset:
+        raise ValueError(f"{run} holds a {saved.preset!r} model, but this config asks for model.preset={preset!r}")
+    from safetensors.torch import load_model
+
+    model = build_model(saved, len(load_tokenizer(saved)))
+    try:
+        load_model(model, str(run / "model.safetensors"))
+    except RuntimeError as e:
+        raise ValueError(f"{run}: the weights do not fit its model_config.json: " + " ".join(str(e).split())[:300]
+                         ) from None
+    return model, saved

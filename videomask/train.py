@@ -31,7 +31,7 @@ from . import data, engine
 from .collate import MaskingCollator
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config
 from .engine import all_ranks_true, to_device
-from .model import build_model, load_tokenizer
+from .model import build_model, check_init, load_tokenizer
 
 CKPT = "checkpoint.pt"
 DEFAULT_CONFIG = str(CONFIG_DIR / "train_default.yaml")
@@ -177,6 +177,7 @@ def train(cfg: TrainConfig) -> int:
     rank, world, device = engine.setup_distributed(cfg.run)
     if not cfg.data.train:
         raise ConfigError("data.train is empty: give scored shards (python -m videomask.scoring.score's output)")
+    check_init(cfg.model)  # before the run folder: a wrong base run writes nothing
     out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl"))
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
@@ -320,8 +321,8 @@ def export(model, opt, cfg: TrainConfig, out: Path, rank: int, fsdp: bool):
             save_file({k: v.contiguous().clone() for k, v in state.items()}, str(out / "model.safetensors"))
     elif rank == 0:
         save_model(model, str(out / "model.safetensors"))
-    if rank == 0:
-        (out / "model_config.json").write_text(json.dumps(asdict(cfg.model), indent=1))
+    if rank == 0:  # the exported weights are whole: loading them needs no base run
+        (out / "model_config.json").write_text(json.dumps({**asdict(cfg.model), "init": ""}, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ through the same code path as a real checkpoint
 Two contrastive losses:
 
 - region-phrase (as in phrase-grounding pre-training, e.g. GLIP): a short phrase
-  naming an object on screen ("magenta hexagon", "hexagon", "magenta") must pick
+  naming an object on screen ("violet hexagon", "hexagon", "violet") must pick
   out that object's patches among all patches of the batch. The world knows
   where it drew each object, so these pairs come for free.
 - sentence (FILIP's token-wise similarity): the transcript cue on screen matches
@@ -50,8 +50,8 @@ def model_cfg(image_size: int, patch_size: int = 16, width: int = 128, layers: i
 
 
 def world_pairs(world_dir: Path, image_size: int, patch_size: int, frames_per_cue: int = 3):
-    """From a world folder: frames (uint8 [N, 3, S, S]), the cue text on screen, and per frame the
-    objects on screen as ``(colour, shape, patches covered >= 30%: bool [grid * grid])``."""
+    """From a world folder's train split (the scorer never sees a held-out clip): frames (uint8
+    [N, 3, S, S]), the cue text on screen, and per frame the objects on screen as ``(colour, shape, patches covered >= 30%: bool [grid * grid])``."""
     from .world import object_mask
 
     world_dir, grid = Path(world_dir), image_size // patch_size
@@ -59,6 +59,8 @@ def world_pairs(world_dir: Path, image_size: int, patch_size: int, frames_per_cu
     for domain in ("general", "target"):
         for line in (world_dir / f"{domain}.jsonl").read_text().splitlines():
             row = json.loads(line)
+            if row["split"] != "train":  # the scorer never sees a held-out clip
+                continue
             cues, _ = read_transcript(world_dir / row["transcript"])
             reader = open_video(world_dir / row["video"])
             fps, idx, owners = reader.info.fps, [], []

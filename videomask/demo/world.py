@@ -5,13 +5,24 @@ is on screen while it is on screen:
 
 - ``general``: circles, squares and triangles in everyday colours, everyday words;
 - ``target``: the same general content *plus* the domain's own objects
-  (hexagons, crescents, rhombuses in magenta or turquoise) and its own jargon
+  (hexagons, crescents, rhombuses in violet or turquoise) and its own jargon
   (lattice, glyph, resonance). These are the words a difference-masking run
   should discover (``PLANTED_WORDS``) and the regions it should mask.
 
 Target clips carry downstream annotations: a clip label (the shape of the clip's
-key object) and a 4-way multiple-choice question about the key object's colour.
-Half the clips never say that colour aloud, so the question needs the frames.
+key object), a 4-way multiple-choice question about the key object's colour, and a
+colour cloze (``cloze``: "a [MASK] hexagon", the answer and the colour words) for
+the zero-shot probe. ``colour_said`` tells whether the transcript names the key
+colour (``WorldConfig.say_colour`` of the clips do). Ground truth for the ``oracle``
+control: the planted words and, per object, its shape, colour and motion, from
+which ``videomask.demo.truth`` draws which patches show a target object.
+
+Why the design can show an effect (docs/method.md §10): the general domain, on
+which the base model is pretrained, never shows a target shape or colour nor says a
+planted word; the downstream question asks for the key object's colour among both
+target colours and two general ones, so answering it needs exactly what only the
+target domain can teach (which pixels "violet" and "turquoise" name). The target colours are
+words of one token in the BERT vocabulary, so a one-[MASK] cloze asks for them as for "red".
 
 Everything is a function of the seed: ``make_world(out, seed=0)`` twice gives the
 same files.
@@ -32,7 +43,7 @@ from PIL import Image, ImageDraw
 GENERAL_SHAPES = ("circle", "square", "triangle")
 GENERAL_COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 90, 220), "yellow": (240, 200, 20)}
 TARGET_SHAPES = ("hexagon", "crescent", "rhombus")
-TARGET_COLOURS = {"magenta": (230, 20, 210), "turquoise": (20, 210, 200)}
+TARGET_COLOURS = {"violet": (230, 20, 210), "turquoise": (20, 210, 200)}
 TARGET_JARGON = ("lattice", "glyph", "resonance")
 #: The words that make the target domain different; anchors should recover them.
 PLANTED_WORDS = TARGET_SHAPES + tuple(TARGET_COLOURS) + TARGET_JARGON
@@ -54,6 +65,8 @@ class WorldConfig:
     seed: int = 0
     val_fraction: float = 0.15  # of the target clips (the general ones are all train)
     test_fraction: float = 0.15
+    say_colour: float = 0.5  # share of target clips whose transcript names the key object's colour
+    general_test_fraction: float = 0.0  # general clips held out (to check the base model on unseen clips)
 
 
 @dataclass
@@ -126,14 +139,17 @@ def make_clip(rng: np.random.Generator, domain: str, cfg: WorldConfig):
         colour = str(rng.choice(list(TARGET_COLOURS))) if rng.random() < 1 / 2 else str(
             rng.choice(list(GENERAL_COLOURS)))
         key_shape = str(rng.choice(TARGET_SHAPES))
-        say_colour = bool(rng.random() < 0.5)
+        say_colour = bool(rng.random() < cfg.say_colour)
         generals = [c for c in GENERAL_COLOURS if c != colour]
         others = [str(c) for c in rng.choice(generals, size=2 if colour in TARGET_COLOURS else 1, replace=False)]
         answers = [colour] + [c for c in TARGET_COLOURS if c != colour] + others
         order = rng.permutation(4)
         ann = {"label": key_shape, "question": f"What colour is the {key_shape}?",
                "answers": [answers[i] for i in order], "answer_idx": int(np.argmax(order == 0)),
-               "colour_said": say_colour}
+               "colour_said": say_colour,
+               # the zero-shot probe's cloze: which colour word fits "a [MASK] hexagon", given the frames
+               "cloze": {"prompt": f"a {{mask}} {key_shape}", "answer": colour, "choices": list(COLOURS),
+                         "group": "target" if colour in TARGET_COLOURS else "general"}}
     for _ in range(cfg.segments):
         if domain == "target":
             n = 1 + int(rng.random() < 0.5)
@@ -151,6 +167,12 @@ def make_clip(rng: np.random.Generator, domain: str, cfg: WorldConfig):
             text += " " + jargon[0].upper() + jargon[1:]
         scenes.append(objs)
         texts.append(text[0].upper() + text[1:])
+    if domain == "general":  # a cloze about an object whose shape is unique in the clip (if there is one)
+        shapes = [o.shape for objs in scenes for o in objs]
+        unique = [o for objs in scenes for o in objs if shapes.count(o.shape) == 1]
+        if unique:
+            ann = {"cloze": {"prompt": f"a {{mask}} {unique[0].shape}", "answer": unique[0].colour,
+                             "choices": list(COLOURS), "group": "general"}}
     return scenes, texts, ann
 
 
@@ -186,7 +208,9 @@ def write_srt(path: Path, texts: list[str], seconds: float) -> None:
     path.write_text("\n".join(blocks), encoding="utf-8")
 
 
-def _split(k: int, n: int, cfg: WorldConfig) -> str:
+def _split(k: int, n: int, cfg: WorldConfig, domain: str = "target") -> str:
+    if domain == "general":
+        return "test" if k >= n - round(n * cfg.general_test_fraction) else "train"
     n_test, n_val = round(n * cfg.test_fraction), round(n * cfg.val_fraction)
     return "test" if k >= n - n_test else "val" if k >= n - n_test - n_val else "train"
 
@@ -216,13 +240,20 @@ def make_world(out: Path, cfg: WorldConfig = WorldConfig()) -> dict:
             write_video(out / domain / f"{vid}.mp4", frames, cfg.fps)
             write_srt(out / domain / f"{vid}.srt", texts, cfg.segment_seconds)
             row = {"id": vid, "video": f"{domain}/{vid}.mp4", "transcript": f"{domain}/{vid}.srt",
-                   "split": _split(k, count, cfg) if domain == "target" else "train", "domain": domain,
-                   "objects": [[asdict(o) for o in objs] for objs in scenes], **ann}
+                   "split": _split(k, count, cfg, domain), "domain": domain,
+                   "objects": [[asdict(o) for o in objs] for objs in scenes], "frames_per_cue": frames_per_cue,
+                   **ann}
             rows.append(row)
         manifests[domain] = out / f"{domain}.jsonl"
         manifests[domain].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     (out / "world.json").write_text(json.dumps({"config": asdict(cfg), "planted_words": PLANTED_WORDS}, indent=1))
     return manifests
+
+
+def is_target(obj: dict | Obj) -> bool:
+    """Ground truth: does this object belong to what makes the target domain different?"""
+    obj = Obj(**obj) if isinstance(obj, dict) else obj
+    return obj.shape in TARGET_SHAPES or obj.colour in TARGET_COLOURS
 
 
 def object_mask(obj: dict | Obj, t: float, size: int) -> np.ndarray:
