@@ -11,8 +11,8 @@
 """
 import argparse
 import json
-import shutil
 import logging
+import shutil
 import time
 
 import torch

@@ -4,7 +4,7 @@
 
 Runs the real trainer (``videomask.train``) for a few steps of the ``tiny`` and the
 ``small`` preset on the same scored shards (e.g. ``runs/demo/scored/target`` after
-``python -m videomask``) and prints samples/s and the fraction of step time spent
+``python -m videomask demo``) and prints samples/s and the fraction of step time spent
 waiting for data, from the trainer's own metrics (the first logged window, which
 holds start-up, is dropped). Goal: data wait < 10% with the default worker count.
 """

@@ -2,12 +2,11 @@
 import json
 
 import numpy as np
+from conftest import make_srt, make_video
 from PIL import Image
 
 from videomask import data
 from videomask.prep import adapters
-
-from conftest import make_srt, make_video
 
 
 def jsonl(path, rows):

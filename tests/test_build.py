@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_BUILD, make_srt, make_video
 
 from videomask import data
 from videomask.prep import build
 from videomask.prep.cutting import BuildOptions
 from videomask.prep.transcripts import read_transcript, timed_words
 from videomask.prep.video import open_video, resize_crop
-
-from conftest import TINY_BUILD, make_srt, make_video
 
 
 def samples_of(folder, split=None):
@@ -121,7 +120,8 @@ def bad_folder(tmp_path_factory):
     make_video(d / "badvtt.mp4", 2.0)
     (d / "badvtt.vtt").write_text("00:00.000 --> 00:01.000\nmissing header\n")
     make_video(d / "latin.mp4", 2.0)
-    (d / "latin.srt").write_bytes("1\n00:00:00,000 --> 00:00:01,000\ncafé\n".encode("latin-1"))
+    (d / "latin.srt").write_bytes("1\n00:00:00,000 --> 00:00:01,000\nun café crème, très léger\n".encode("latin-1"))
+    (d / "emptynotrans.mp4").write_bytes(b"")  # two faults: both are reported
     make_video(d / "late.mp4", 2.0)
     make_srt(d / "late.srt", [(0, 1, "ok"), (50, 60, "from another video")])
     make_video(d / "dup.mp4", 2.0)
@@ -140,7 +140,7 @@ EXPECTED = {  # file -> a fragment of its reason
     "notrans.mp4": "no transcript with the same stem",
     "badsrt.mp4": "badsrt.srt:2: malformed SRT",
     "badvtt.mp4": "badvtt.vtt:1: malformed VTT",
-    "latin.mp4": "latin.srt: not valid UTF-8",
+    "emptynotrans.mp4": "no transcript with the same stem",
     "late.mp4": "past the end of the video",
     "dup.mp4": "duplicate stem 'dup'",
     "dup.mkv": "duplicate stem 'dup'",
@@ -167,13 +167,19 @@ def test_bad_inputs_each_get_a_reason_and_nothing_is_lost(bad_folder, tmp_path):
     # the video with corrupt bytes in the middle: its undecodable clips are reported, the others written
     (corrupt,) = by_file["corrupt.mp4"]
     assert corrupt["clip"] == 1 and "frames 20..28 cannot be decoded" in corrupt["reason"]
-    keys = [s["key"] for s in samples_of(tmp_path / "out")]
-    assert keys == ["corrupt_0000", "corrupt_0002", "good_0000"]
+    assert "file is empty (0 bytes)" in by_file["emptynotrans.mp4"][0]["reason"]
+    samples = samples_of(tmp_path / "out")
+    assert [s["key"] for s in samples] == ["corrupt_0000", "corrupt_0002", "good_0000", "latin_0000"]
+    # a Latin-1 transcript is kept: decoded, and its encoding recorded
+    latin = samples[-1]
+    assert latin["text"] == "un café crème, très léger" and latin["meta"]["transcript_encoding"] in (
+        "latin_1", "cp1252", "iso8859_15", "cp1250")
+    assert "transcript_encoding" not in samples[0]["meta"]  # UTF-8 is the unremarked default
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     c = m["inputs"]
-    assert c["total"] == c["written"] + c["rejected"] == 16  # 11 videos, dup.{mp4,mkv,srt}, orphan.srt, notes.md
-    assert c["written"] == 2 and c["partial"] == 1 and c["clips_rejected"] == 1
-    assert "16 inputs = " in r.stdout
+    assert c["total"] == c["written"] + c["rejected"] == 17  # 12 videos, dup.{mp4,mkv,srt}, orphan.srt, notes.md
+    assert c["written"] == 3 and c["partial"] == 1 and c["clips_rejected"] == 1
+    assert "17 inputs = " in r.stdout
     # --strict fails the build when anything was rejected
     r = subprocess.run([sys.executable, "-m", "videomask.prep.build", str(bad_folder), str(tmp_path / "strict"),
                         "--frames", "2", "--size", "32", "--clip-seconds", "2", "--quiet", "--strict"],

@@ -7,7 +7,13 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from videomask import data
-from videomask.collate import MaskingCollator, MaskingConfig, apply_mlm, resample_grid, word_ids_from_offsets
+from videomask.collate import (
+    MaskingCollator,
+    MaskingConfig,
+    apply_mlm,
+    resample_grid,
+    word_ids_from_offsets,
+)
 from videomask.masking import MaskingError
 
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BUILD
 
 from videomask import anchors, data, metrics, probe, train
 from videomask.collate import MaskingCollator, MaskingConfig
@@ -13,8 +14,6 @@ from videomask.demo import tiny_clip, truth, world
 from videomask.masking import MaskingError
 from videomask.model import ModelConfig, build_model, load_tokenizer
 from videomask.prep import build
-
-from conftest import TINY_BUILD
 
 MARK = "zyzzyvaheld"  # a word only the held-out clips say
 
@@ -191,3 +190,14 @@ def test_experiment_config_checks_strategies_before_training():
         experiments.load_config([], ["strategies=[random,differnce]"])
     with pytest.raises(ConfigError, match="alphas must be in"):
         experiments.load_config([], ["alphas=[1.5]"])
+
+
+def test_reference_solvers(qa_shards):
+    from videomask.demo import solvers
+
+    r = solvers.solve(qa_shards, "test")
+    assert r["n"] == 144
+    # the answers alone are chance (4 candidates: 0.25; 3 standard errors on 144 questions is 0.11)
+    assert r["answers only"] < 0.36
+    # the transcript names the colour in half the clips; the frames hold it in every clip
+    assert r["transcript"] > r["answers only"] + 0.15 and r["frames (pixel colour)"] > 0.8

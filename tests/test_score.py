@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_WORLD
 from PIL import Image
 
 from videomask import anchors, data
@@ -12,8 +13,6 @@ from videomask.demo import world
 from videomask.prep import build
 from videomask.scoring import score
 from videomask.scoring.clip_scorer import ClipScorer
-
-from conftest import TINY_WORLD
 
 
 def coverage(objs, t, size, grid, shapes):

@@ -3,17 +3,19 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from videomask import data
-from videomask.prep import build
-from videomask.scoring import score
+from videomask import anchors, data, train
 from videomask.collate import MaskingCollator, MaskingConfig
 from videomask.config import ConfigError, load_config
 from videomask.model import ModelConfig, VideoLanguageModel, load_tokenizer
+from videomask.prep import build
+from videomask.scoring import score
 from videomask.train import main as train_main
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -187,3 +189,79 @@ def test_non_finite_loss_stops_with_the_last_good_state(scored_shards, tiny_anch
         train(cfg)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_pmi_trains_with_its_ngram_vocabulary(scored_shards, tiny_anchors, tmp_path):
+    from videomask.scoring import pmi
+
+    ngrams = tmp_path / "ngrams.json"
+    rows = pmi.pmi_vocabulary(anchors.read_texts(scored_shards, "train"), max_n=2, min_count=2, top=20)
+    assert rows
+    ngrams.write_text(json.dumps({"ngrams": rows}))
+    out = tmp_path / "pmi"
+    assert train_main(common(scored_shards, tiny_anchors, out, "masking.strategy=pmi", f"data.ngrams={ngrams}",
+                             "optim.max_steps=2")) == 0
+    assert len(metrics(out)) == 2 and (out / "model.safetensors").exists()
+    with pytest.raises(ConfigError, match="masking.strategy=pmi needs data.ngrams"):
+        train.train(load_config([], common(scored_shards, tiny_anchors, tmp_path / "p2", "masking.strategy=pmi")))
+    assert not (tmp_path / "p2").exists()
+
+
+def test_refused_starts_are_fast_and_leave_nothing(scored_shards, tiny_shards, tiny_anchors, tmp_path):
+    cases = [(["data.train=/nonexistent"], "data.train=/nonexistent: no such folder"),
+             ([f"data.train={tiny_shards['target']}", "masking.strategy=difference"], "needs scores"),
+             ([f"data.train={scored_shards}", "data.train_split=nope"], "for split 'nope'"),
+             ([f"data.train={scored_shards}", "masking.strategy=oracle"], "needs ground truth"),
+             ([f"data.train={scored_shards}", "data.anchors=/nope.json"], "data.anchors=/nope.json: no such file")]
+    for extra, match in cases:
+        out = tmp_path / "x"
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "videomask", "train", f"data.anchors={tiny_anchors}",
+                            f"run.out={out}", *extra], capture_output=True, text=True, env=ENV)
+        assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr[-2000:])
+        assert not out.exists(), extra
+        assert time.perf_counter() - t < 60  # refused at once (the limit is loose: a busy CI machine)
+
+
+def test_train_returns_a_result_and_restores_signal_handlers(scored_shards, tiny_anchors, tmp_path):
+    import signal
+
+    def mine(*_):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        r = train.train(load_config([], common(scored_shards, tiny_anchors, tmp_path / "r", "optim.max_steps=1")))
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert r["finished"] and r["step"] == 1 and Path(r["model"]).exists() and "loss" in r["last"]
+
+
+def test_help_and_print_config_do_no_work(tmp_path):
+    for cmd in (["-m", "videomask", "train", "--help"], ["-m", "videomask.train", "-h"],
+                ["-m", "videomask", "finetune", "--help"], ["-m", "videomask", "experiments", "--help"]):
+        r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=ENV, cwd=tmp_path)
+        assert r.returncode == 0 and "usage:" in r.stdout, (cmd, r.stderr[-1000:])
+        assert "Config keys" in r.stdout and not list(tmp_path.iterdir())
+    r = subprocess.run([sys.executable, "-m", "videomask", "train", "--help"], capture_output=True, text=True, env=ENV)
+    keys = [line.split()[0] for line in r.stdout.split("Config keys")[1].splitlines()[1:] if line.strip()]
+    assert {"model.init", "data.ngrams", "masking.strategy", "optim.lr", "run.out"} <= set(keys)
+    assert all(len(line.split(None, 3)) == 4 for line in r.stdout.split("Config keys")[1].splitlines()[1:]
+               if line.strip()), "a key without its one-line help"
+    r = subprocess.run([sys.executable, "-m", "videomask", "train", "data.train=x", "optim.lr=0.25", "--print-config"],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert r.returncode == 0 and "lr: 0.25" in r.stdout and not list(tmp_path.iterdir())
+    r = subprocess.run([sys.executable, "-m", "videomask", "--version"], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and r.stdout.startswith("videomask ")
+    r = subprocess.run([sys.executable, "-m", "videomask", "nope"], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and "unknown command 'nope'" in r.stderr
+
+
+def test_no_hugging_face_load_report_by_default(scored_shards, tiny_anchors, tmp_path):
+    args = [sys.executable, "-m", "videomask", "train", *common(scored_shards, tiny_anchors, tmp_path / "s",
+                                                                 "model.preset=small", "optim.max_steps=1")]
+    r = subprocess.run(args, capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for noise in ("MISSING", "UNEXPECTED", "were not initialized", "newly initialized"):
+        assert noise not in r.stderr + r.stdout, noise

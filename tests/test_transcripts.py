@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from videomask.prep.transcripts import TranscriptError, clip_text, find_words, read_transcript, timed_words
+from videomask.prep.transcripts import (
+    TranscriptError,
+    clip_text,
+    find_words,
+    read_transcript,
+    timed_words,
+)
 
 SRT = """1
 00:00:00,000 --> 00:00:02,000
@@ -96,10 +102,20 @@ def test_malformed_transcripts_name_file_and_line(tmp_path, name, text, where):
         read_transcript(write(tmp_path, name, text))
 
 
-def test_non_utf8_transcript(tmp_path):
-    p = write(tmp_path, "latin.srt", "1\n00:00:00,000 --> 00:00:01,000\ncafé crème\n", encoding="latin-1")
-    with pytest.raises(TranscriptError, match=r"latin\.srt: not valid UTF-8 \(byte 0xe9 at offset"):
-        read_transcript(p)
+def test_non_utf8_transcript_is_decoded_and_its_encoding_named(tmp_path):
+    from videomask.prep.transcripts import load_transcript
+
+    text = "1\n00:00:00,000 --> 00:00:01,000\nun café crème, très léger, à bientôt\n"
+    p = write(tmp_path, "latin.srt", text, encoding="latin-1")
+    cues, timed, encoding = load_transcript(p)
+    assert cues[0].text == "un café crème, très léger, à bientôt" and timed
+    assert encoding != "utf-8"
+    assert load_transcript(p, "cp1252")[2] == "cp1252"  # forced
+    assert load_transcript(write(tmp_path, "u.srt", text))[2] == "utf-8"
+    with pytest.raises(TranscriptError, match=r"latin\.srt: cannot be read as utf-8"):
+        load_transcript(p, "utf-8")
+    with pytest.raises(TranscriptError, match=r"cannot be read as nope"):
+        load_transcript(p, "nope")
 
 
 def test_utf8_bom_is_accepted(tmp_path):

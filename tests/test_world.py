@@ -2,12 +2,11 @@ import hashlib
 import json
 
 import numpy as np
+from conftest import TINY_WORLD
 
 from videomask.demo import world
 from videomask.prep.transcripts import read_transcript
 from videomask.prep.video import open_video
-
-from conftest import TINY_WORLD
 
 
 def _digest(folder):

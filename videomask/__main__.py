@@ -1,7 +1,7 @@
-"""``python -m videomask``: the demo pipeline on the embedded synthetic world (``videomask.demo.pipeline``)."""
+"""``python -m videomask COMMAND ...``: the same as the ``videomask`` command (``videomask.cli``)."""
 import sys
 
-from .demo.pipeline import main
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

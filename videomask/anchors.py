@@ -45,6 +45,7 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
+from .errors import DataError, MissingError
 from .prep.transcripts import WORD_RE, TranscriptError, read_text, read_transcript
 
 WORDFREQ_CORPUS_SIZE = 1e9
@@ -78,7 +79,7 @@ def read_texts(path, split: str | None = None) -> list[str]:
     of text files."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise MissingError(f"{path}: no such file or folder")
     if path.is_dir() and ((path / "manifest.json").exists() or any(path.glob("*.tar"))):
         from .data import dataset
 
@@ -126,7 +127,7 @@ class Reference:
                 self.counts += count(read_texts(p))
             self.total = sum(self.counts.values())
             if not self.total:
-                raise ValueError(f"reference corpus {source} holds no words")
+                raise DataError(f"reference corpus {source} holds no words")
             self.vocab = set(self.counts)
 
     def count(self, word: str) -> float:
@@ -141,11 +142,11 @@ def compute(target: Counter, reference: Reference, k: int = 20, method: str = "t
     """Ranked anchors and a summary. See the module docstring for every rule."""
     n_target = sum(target.values())
     if n_target == 0:
-        raise ValueError("the target corpus holds no words")
+        raise DataError("the target corpus holds no words")
     stop = stopwords(lang)
     candidates = sorted(w for w, c in target.items() if c >= min_count and is_candidate(w, min_length, stop))
     if not candidates:
-        raise ValueError(f"no candidate words in the target corpus ({len(target)} distinct words; none is alphabetic, "
+        raise DataError(f"no candidate words in the target corpus ({len(target)} distinct words; none is alphabetic, "
                          f">= {min_length} letters, not a stop word and seen >= {min_count} times): "
                          "lower --min-count?")
     vocab_size = len(set(target) | reference.vocab)
@@ -178,10 +179,10 @@ def read_word_list(path: Path) -> list[str]:
         if not w:
             continue
         if not WORD_RE.fullmatch(w):
-            raise ValueError(f"{path}:{n}: {line.strip()!r} is not one word")
+            raise DataError(f"{path}:{n}: {line.strip()!r} is not one word")
         words.append(w)
     if not words:
-        raise ValueError(f"{path}: no words in the anchor list")
+        raise DataError(f"{path}: no words in the anchor list")
     return words
 
 
@@ -192,12 +193,12 @@ def load(path) -> dict:
         a = json.loads(read_text(path))
         words = [r["word"] for r in a["anchors"]]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{path}: not an anchors file (expected JSON with an 'anchors' list of {{'word': ...}})") \
+        raise DataError(f"{path}: not an anchors file (expected JSON with an 'anchors' list of {{'word': ...}})") \
             from None
     if not words:
-        raise ValueError(f"{path}: the anchor list is empty")
+        raise DataError(f"{path}: the anchor list is empty")
     if a.get("hash") != anchor_hash(words):
-        raise ValueError(f"{path}: its hash does not match its words (edited by hand?); rerun "
+        raise DataError(f"{path}: its hash does not match its words (edited by hand?); rerun "
                          "`python -m videomask.anchors` or use --anchors-file for a hand-written list")
     return a
 
@@ -218,7 +219,7 @@ def build_anchors(targets, reference="wordfreq:en", k=20, method="tficf", min_co
     docs = [d for t in targets for d in read_texts(t, split)]
     target = count(docs)
     if not target:
-        raise ValueError(f"the target corpus ({', '.join(map(str, targets))}) holds no words")
+        raise DataError(f"the target corpus ({', '.join(map(str, targets))}) holds no words")
     ref = Reference(reference if isinstance(reference, str) else list(reference), smoothing)
     if anchors_file and anchors_mode == "replace":
         rows, summary = [], {"target_tokens": sum(target.values()), "target_vocab": len(target)}

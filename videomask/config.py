@@ -14,49 +14,53 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .collate import MaskingConfig
+from .errors import ConfigError  # noqa: F401  (re-exported: videomask.config.ConfigError)
+from .masking import MaskingConfig
 from .model import ModelConfig
 
 #: the configs and model presets ship inside the package, so a non-editable install finds them
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass
 class DataConfig:
     train: str = ""  # scored shards (a folder with manifest.json)
-    train_split: str = "train"
+    train_split: str = "train"  # the split of data.train to train on
     val: str = ""  # default: the train folder
     val_split: str = ""  # "" = no validation
     anchors: str = ""  # anchors.json: the scores in the shards must come from these anchors
+    ngrams: str = ""  # masking.strategy=pmi: the n-gram vocabulary (python -m videomask.scoring.pmi CORPUS --out)
     batch_size: int = 8  # per process
-    max_text_len: int = 128
-    workers: int = 0
+    max_text_len: int = 128  # tokens per transcript (longer ones are cut)
+    workers: int = 0  # DataLoader worker processes
     shuffle: int = 0  # shuffle buffer (samples); 0 = shard order
     resampled: bool = False  # draw shards with replacement (multi-node): no epochs, never runs dry
     split_by: str = "shards"  # across processes: "shards" (scales) or "samples" (every process reads all)
+    cache: bool = False  # keep the decoded samples in memory after the first epoch (small data; workers=0)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_text_len < 8 or self.workers < 0 or self.shuffle < 0:
             raise ConfigError("data.batch_size >= 1, data.max_text_len >= 8, data.workers and data.shuffle >= 0")
+        if self.cache and (self.workers or self.resampled or self.shuffle):
+            raise ConfigError("data.cache keeps one process's samples in shard order: it needs data.workers=0, "
+                              "data.resampled=false and data.shuffle=0")
         if self.split_by not in ("shards", "samples"):
             raise ConfigError(f"data.split_by must be 'shards' or 'samples', got {self.split_by!r}")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    max_steps: int = 100
+    lr: float = 5e-4  # peak learning rate (AdamW)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.999  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.01  # AdamW weight decay (not on biases and norms)
+    warmup_steps: int = 0  # linear warm-up steps
+    max_steps: int = 100  # optimizer steps in all
     schedule: str = "linear"  # linear or cosine decay after warm-up
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step
     clip: float = 1.0  # max gradient norm; 0 = off
 
     def __post_init__(self):
@@ -68,13 +72,13 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
-    out: str = "runs/train"
-    seed: int = 0
+    out: str = "runs/train"  # the run folder
+    seed: int = 0  # seed of initialisation, data order and dropout
     device: str = "auto"  # auto: CUDA when available
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
-    log_every: int = 10
+    log_every: int = 10  # steps between logged metrics
     val_every: int = 0  # steps; 0 = only at the end (when a validation split is set)
-    val_batches: int = 20
+    val_batches: int = 20  # batches per validation pass
     save_every: int = 0  # steps; 0 = only at the end
     resume: str = ""  # "auto": continue from OUT's latest checkpoint
     overwrite: bool = False  # replace a different run in OUT
@@ -126,7 +130,97 @@ def load_config(files=(), overrides=(), schema=TrainConfig):
         raise ConfigError(f"config error{f' at {key}' if key else ''}: {msg}") from None
     except ValueError as e:  # the dataclasses' own range checks
         raise ConfigError(str(e)) from None
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
 
 
 def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(asdict(cfg)))
+
+
+# -- command lines of the config-driven tools (train, finetune, experiments) -------------------------
+def _field_help(cls) -> dict:
+    """``{field: its trailing comment}`` from the dataclass's source: one place for the help text."""
+    import inspect
+    import re
+
+    try:
+        src = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out, above = {}, []
+    for line in src:
+        if re.match(r"^\s+#", line):  # a comment block above a field describes it
+            above.append(line.strip().lstrip("# "))
+            continue
+        m = re.match(r"^\s+(\w+): [^#]*?(?:#\s*(.*))?$", line)
+        if m and not line.strip().startswith(("def ", "return", "if ", "raise")):
+            out[m.group(1)] = (m.group(2) or " ".join(above)).strip()
+        above = []
+    return out
+
+
+def describe(schema, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Every config key of ``schema`` (a dataclass or an instance: its values are the defaults shown):
+    (key, type, default, help), nested sections flattened."""
+    import dataclasses
+
+    defaults = schema() if isinstance(schema, type) else schema
+    rows, helps = [], _field_help(type(defaults))
+    for f in dataclasses.fields(defaults):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(value, f"{prefix}{f.name}.")
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append((prefix + f.name, kind, repr(value), helps.get(f.name, "")))
+    return rows
+
+
+def help_text(schema, prog: str, doc: str) -> str:
+    rows = describe(schema)
+    width = max(len(r[0]) for r in rows)
+    lines = [f"usage: {prog} [CONFIG.yaml ...] [key=value ...] [--print-config]", "", doc.strip(), "",
+             "Config keys (later wins: defaults, configs/model/PRESET.yaml, the YAML files, key=value):"]
+    lines += [f"  {k:<{width}}  {t:<6} {d:<22} {h}".rstrip() for k, t, d, h in rows]
+    return "\n".join(lines)
+
+
+def run_cli(argv, schema, run, prog: str, doc: str, default_files=lambda files, overrides: files) -> int:
+    """The command line of a config-driven tool: ``-h``/``--help`` (usage, every key with its type,
+    default and help, then exit 0), ``--print-config`` (the resolved config, then exit 0), else
+    ``run(config)``. The project's own errors become a message and exit status 2; anything else keeps
+    its traceback."""
+    import logging
+    import sys
+
+    from .errors import VideomaskError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(schema, prog, doc))
+        return 0
+    show = "--print-config" in argv
+    verbosity = sum(a in ("-v", "--verbose") for a in argv) - sum(a in ("-q", "--quiet") for a in argv)
+    argv = [a for a in argv if a not in ("--print-config", "-v", "--verbose", "-q", "--quiet")]
+    unknown = [a for a in argv if a.startswith("-")]
+    if unknown:
+        print(f"{prog}: unknown option {unknown[0]} (options: -h, --print-config, -v, -q; settings are key=value)",
+              file=sys.stderr)
+        return 2
+    from .logs import setup as setup_logging
+
+    setup_logging(verbosity)
+    files = [a for a in argv if "=" not in a or a.endswith((".yaml", ".yml"))]
+    overrides = [a for a in argv if a not in files]
+    try:
+        cfg = load_config(default_files(files, overrides), overrides, schema=schema)
+        if show:
+            print(to_yaml(cfg), end="")
+            return 0
+        run(cfg)
+    except VideomaskError as e:
+        logging.getLogger("videomask").debug("refused", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

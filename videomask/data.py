@@ -31,11 +31,13 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from .errors import DataError, MissingError
+
 FRAME_RE = re.compile(r"^f(\d{3,})\.jpe?g$")
 SAFE_EXTS = {"jpg", "jpeg", "json", "txt", "npy"}
 
 
-class UnsafeMemberError(ValueError):
+class UnsafeMemberError(DataError):
     pass
 
 
@@ -76,7 +78,7 @@ def shard_urls(path, split: str | None = None) -> list[str]:
         else:
             urls = list(wds.shardlists.expand_urls(str(path)))
     if not urls:
-        raise FileNotFoundError(f"no shards found at {path}" + (f" for split {split!r}" if split else ""))
+        raise MissingError(f"no shards found at {path}" + (f" for split {split!r}" if split else ""))
     return urls
 
 
@@ -123,11 +125,11 @@ def to_sample(sample: dict, frames: bool = True) -> dict:
     ``frames=False`` leaves the JPEGs undecoded (``frames`` is None): for text-only consumers."""
     meta = sample.get("json")
     if not isinstance(meta, dict):
-        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no .json metadata")
+        raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no .json metadata")
     names = frame_names(sample)
     expected = len(meta.get("frame_indices", []))
     if len(names) != expected:
-        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has {len(names)} frames, "
+        raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has {len(names)} frames, "
                          f"its metadata lists {expected} (truncated shard?)")
     decoded = None
     if frames and names:
@@ -167,3 +169,23 @@ def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle:
     pipe = wds.DataPipeline(*stages)
     pipe.errors = handler
     return pipe
+
+
+class Cached(torch.utils.data.IterableDataset):
+    """Replays ``source`` from memory after one complete pass (a small dataset read every epoch: the tar
+    reading and JPEG decoding happen once). An interrupted first pass is not kept; samples are shared
+    between epochs, so consumers must not modify them in place (the collator copies what it changes)."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.source, self.samples = source, None
+
+    def __iter__(self):
+        if self.samples is not None:
+            yield from self.samples
+            return
+        seen = []
+        for s in self.source:
+            seen.append(s)
+            yield s
+        self.samples = seen

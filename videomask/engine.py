@@ -137,3 +137,72 @@ class MetricsLog:
         if self.on:
             self.file.close()
             self.writer.close()
+
+
+# -- parallelism (shared by train and finetune) ---------------------------------------------------
+def split_samples(rank: int, world: int):
+    """A pipeline stage: sample i goes to process i % world (exact batch equivalence across world sizes)."""
+    def stage(src):
+        for i, s in enumerate(src):
+            if i % world == rank:
+                yield s
+    return stage
+
+
+def transformer_blocks(model) -> list:
+    """The blocks FSDP shards one by one: the joint encoder's layers and the ViT's."""
+    blocks = list(getattr(model.mlm.base_model.encoder, "layer", []))
+    if hasattr(model, "visual"):
+        blocks += list(model.visual.transformer.resblocks)
+    return blocks
+
+
+def wrap(model, world: int, device, parallel: str = "ddp", find_unused: bool = True):
+    """DDP or FSDP (FSDP2's ``fully_shard``: per block, then the rest); the model itself when alone.
+    ``find_unused``: some parameters may get no gradient in a step (a text-only batch leaves the vision
+    tower out; fine-tuning leaves the pretraining heads out): DDP must be told to expect that."""
+    if world == 1:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in transformer_blocks(model):
+            fully_shard(block)
+        fully_shard(model)  # in place: the module is now an FSDP module
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                                     find_unused_parameters=find_unused)
+
+
+def full_state(model, opt, fsdp: bool):
+    """Unsharded model and optimizer state (a collective under FSDP: every process must call it)."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_state_dict,
+        )
+
+        return get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict(), opt.state_dict()
+
+
+def load_full_state(model, opt, state: dict, fsdp: bool):
+    try:
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_state_dict,
+            )
+
+            set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                           options=StateDictOptions(full_state_dict=True))
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError) as e:
+        raise ConfigError("the checkpoint does not fit this model: " + " ".join(str(e).split())[:400]) from None
+
+
+def local(t):
+    """A parameter's local shard under FSDP (a DTensor), the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t

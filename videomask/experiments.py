@@ -40,7 +40,7 @@ from . import anchors as anchors_mod
 from . import finetune as ft
 from . import masking, metrics, train
 from . import probe as probe_mod
-from .config import ConfigError
+from .config import ConfigError, run_cli
 from .config import load_config as _load_layered
 
 METRICS = ("accuracy", "macro_f1", "micro_f1")
@@ -61,25 +61,27 @@ def scored(strategy: str) -> bool:
 
 @dataclass
 class ExperimentConfig:
-    out: str = "runs/experiments"
+    out: str = "runs/experiments"  # the folder of cells, tables and the picture
     strategies: list = field(default_factory=lambda: ["random", "difference"])
-    alphas: list = field(default_factory=lambda: [1.0])
+    alphas: list = field(default_factory=lambda: [1.0])  # alpha values of the scored strategies
+    # top-K of the anchors to compare (re-scored per K); empty: as configured
     anchor_counts: list = field(default_factory=list)
+    # seeds: each fixes data order, masks and initialisation of its cells
     seeds: list = field(default_factory=lambda: [0])
     baseline: bool = True  # also: the base model, fine-tuned without continued pretraining
-    pretrain_files: list = field(default_factory=lambda: [train.DEFAULT_CONFIG])
+    pretrain_files: list = field(default_factory=lambda: [train.DEFAULT_CONFIG])  # continued-pretraining config files
     pretrain: list = field(default_factory=list)  # key=value overrides of the pretraining config
-    finetune_files: list = field(default_factory=list)
+    finetune_files: list = field(default_factory=list)  # fine-tuning config files
     finetune: list = field(default_factory=list)  # key=value overrides of the fine-tuning config
     metric: str = "accuracy"  # of the bar chart: accuracy, macro_f1, micro_f1 or a probe column (cloze_accuracy)
     probe: bool = True  # the zero-shot probe of every cell's model (videomask.probe)
     probe_shards: str = ""  # default: the fine-tuning config's shards
-    probe_split: str = "test"
+    probe_split: str = "test"  # split of probe_shards the probe reads
     reference: str = "random"  # the condition the paired differences are taken against
     shards: str = ""  # unscored shards, re-scored per anchor count
     scorer: str = ""  # the open_clip model that scores them (name, checkpoint or local-dir:PATH)
     image_prompt: str = "a photo of a {}."
-    word_prompt: str = "{}"
+    word_prompt: str = "{}"  # prompt for words when re-scoring
 
     def __post_init__(self):
         if not self.strategies or not self.seeds:
@@ -346,7 +348,7 @@ def bar_chart(summary: list[dict], metric: str, path: Path, chance: float | None
                     fmt="o", capsize=6, color="#c0392b")
         bx.axhline(0, color="k", lw=1)
         bx.set_xticks(xs, [p["condition"].replace("_", "_\n") for p in pairs], fontsize=8)
-        bx.set_title(f"− {pairs[0]['reference']}, 95% CI", fontsize=9)
+        bx.set_title(f"paired difference against {pairs[0]['reference']}, 95% CI", fontsize=9)
         bx.set_xlim(-0.6, len(pairs) - 0.4)
     fig.savefig(path, dpi=110)
 
@@ -383,14 +385,7 @@ def run(cfg: ExperimentConfig) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    files = [a for a in argv if a.endswith((".yaml", ".yml"))]
-    try:
-        run(load_config(files, [a for a in argv if a not in files]))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(argv, ExperimentConfig, run, "python -m videomask.experiments", __doc__)
 
 
 if __name__ == "__main__":

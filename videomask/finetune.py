@@ -31,40 +31,49 @@ import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import webdataset as wds
+from tqdm import tqdm
 
 from . import data, engine, metrics
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, run_cli
 from .config import load_config as _load_layered
-from .model import ModelConfig, TextMLM, VideoLanguageModel, build_model, load_run, load_tokenizer
+from .errors import DataError
+from .model import (
+    ModelConfig,
+    TextMLM,
+    VideoLanguageModel,
+    build_model,
+    load_run,
+    load_tokenizer,
+)
 
 CKPT = "finetune_checkpoint.pt"
 
 
 @dataclass
 class FinetuneConfig:
-    task: str = "mcqa"
-    mode: str = "probe"
+    task: str = "mcqa"  # mcqa (multiple-choice video QA), clip_cls or text_cls
+    mode: str = "probe"  # probe (only the head trains) or full
     init: str = ""  # a continued-pretraining run folder; "" = the base model described by `model`
     # preset "": the architecture of `init`; a preset that differs from init's is an error
     model: ModelConfig = field(default_factory=lambda: ModelConfig(preset=""))
     shards: str = ""  # shards with the labels / QA fields in their metadata
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
+    train_split: str = "train"  # split the head is trained on
+    val_split: str = "val"  # split that selects the best epoch
+    test_split: str = "test"  # split reported
     batch_size: int = 8  # clips (mcqa: each with all its candidates) per process
-    max_text_len: int = 64
+    max_text_len: int = 64  # tokens per (question answer [transcript]) text
     # mcqa: what the question and candidates are read with: the clip's "transcript", or "none" (the frames
     # alone must answer: a question the transcript gives away measures reading, not the domain)
     context: str = "transcript"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    epochs: int = 20
+    lr: float = 1e-3  # learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW weight decay
+    epochs: int = 20  # most epochs
     patience: int = 5  # epochs without a better validation score before stopping
     select: str = "accuracy"  # the validation metric for early stopping: accuracy, macro_f1 (ACL-ARC), micro_f1
     cache_features: bool = True  # probe mode: encode every sample once, train the head on the features
@@ -187,7 +196,7 @@ class Collate:
             for b, s in enumerate(samples):
                 m = s["meta"]
                 if not 0 <= int(m["answer_idx"]) < len(m["answers"]):
-                    raise ValueError(f"sample {s['key']}: answer_idx {m['answer_idx']} is out of range for "
+                    raise DataError(f"sample {s['key']}: answer_idx {m['answer_idx']} is out of range for "
                                      f"{len(m['answers'])} answers")
                 answers = list(m["answers"]) + [""] * (k_max - len(m["answers"]))
                 cands[b, :len(m["answers"])] = True
@@ -206,7 +215,7 @@ class Collate:
             for s in samples:
                 label = str(s["meta"].get("label"))
                 if label not in self.labels:
-                    raise ValueError(f"sample {s['key']}: label {label!r} never occurs in the training split "
+                    raise DataError(f"sample {s['key']}: label {label!r} never occurs in the training split "
                                      f"(known: {', '.join(self.labels)})")
                 gold.append(self.labels.index(label))
             enc = self.tok([s["text"] for s in samples], padding=True, truncation=True, max_length=cfg.max_text_len,
@@ -242,16 +251,11 @@ def stream(cfg: FinetuneConfig, split: str, collate, rank: int, world: int, seed
     pipe = data.dataset(cfg.shards, split, frames=cfg.task != "text_cls", split_by_node=False,
                         shuffle=1000 if seed is not None else 0, seed=seed or 0,
                         handler=data.ErrorCounter(strict=True))
-    buf, idx = [], []
-    for i, s in enumerate(pipe):
-        if i % world == rank:
-            buf.append(s)
-            idx.append(i)
-            if len(buf) == cfg.batch_size:
-                yield idx, collate(buf)
-                buf, idx = [], []
-    if buf:
-        yield idx, collate(buf)
+    pipe.append(enumerate)  # the sample's index in the split, before the split across processes
+    pipe.append(engine.split_samples(rank, world))
+    pipe.append(wds.batched(cfg.batch_size, collation_fn=lambda rows: ([i for i, _ in rows],
+                                                                       collate([s for _, s in rows]))))
+    yield from pipe
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -279,7 +283,8 @@ def encode_split(model, cfg, split, collate, rank, world, device, autocast):
     candidates [N, K] or None, gold [N])."""
     model.eval()
     local = []
-    for idx, b in stream(cfg, split, collate, rank, world):
+    for idx, b in tqdm(stream(cfg, split, collate, rank, world), desc=f"features ({split})", unit="batch",
+                       disable=rank != 0, leave=False):
         b = engine.to_device(b, device)
         with autocast:
             f = model.pooled(b).float()
@@ -344,7 +349,7 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
     if cfg.task != "mcqa":
         unseen = sorted(set(test_labels) - set(labels))
         if unseen:  # said before training, not after an hour of it
-            raise ValueError(f"{cfg.shards}: test labels {unseen} never occur in the {cfg.train_split!r} split "
+            raise DataError(f"{cfg.shards}: test labels {unseen} never occur in the {cfg.train_split!r} split "
                              f"(known: {', '.join(labels)}); the head cannot predict them")
     else:
         labels = None
@@ -366,8 +371,7 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
         ddp = model
     else:
         # the pretraining heads (MLM, patch predictor, mask token) get no gradients here: DDP must expect that
-        ddp = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
+        ddp = engine.wrap(model, world, device, "ddp", find_unused=True)
 
     start, best, best_state, history, waited = 0, -1.0, None, [], 0
     if cfg.run.resume == "auto" and (out / CKPT).exists():
@@ -455,20 +459,18 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    files = [a for a in argv if a.endswith((".yaml", ".yml"))]
-    try:
-        r = finetune(load_config(files, [a for a in argv if a not in files]))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    t = r["test"]
-    if int(os.environ.get("RANK", "0")) == 0:
+def _report(cfg: FinetuneConfig) -> dict:
+    r = finetune(cfg)
+    t = r.get("test")
+    if t and int(os.environ.get("RANK", "0")) == 0:
         best = r[f"best_val_{r['select']}"]
         print(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, micro-F1 {t['micro_f1']:.4f} "
               f"(best val {r['select']} {best:.4f})")
-    return 0
+    return r
+
+
+def main(argv=None) -> int:
+    return run_cli(argv, FinetuneConfig, _report, "python -m videomask.finetune", __doc__)
 
 
 if __name__ == "__main__":

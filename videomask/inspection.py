@@ -19,13 +19,11 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
-    import matplotlib
+def _figure(**kw):
+    """A matplotlib ``Figure`` that pyplot never sees: no global backend switch, nothing left open."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kw)
 
 
 def find_sample(shards, key: str | None = None, index: int = 0) -> dict:
@@ -59,14 +57,16 @@ def draw_words(ax, words, scores, cmap, masked=None, width=70):
 
 def sample_figure(sample: dict, anchors: dict | None = None, patch_mask=None, word_mask=None, title: str = ""):
     """The inspection figure of one scored sample (see the module docstring)."""
-    plt = _plt()
     frames = sample["frames"]
     scores = sample.get("patch_scores")
     t = 0 if frames is None else frames.shape[0]
     cols = max(t, 1)
-    fig = plt.figure(figsize=(1.8 * cols + 2.5, 7.5), constrained_layout=True)
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    fig = _figure(figsize=(1.8 * cols + 2.5, 7.5), layout="constrained")
     grid = fig.add_gridspec(4, cols + 1, height_ratios=[1, 1, 0.9, 0.02], width_ratios=[1] * cols + [1.3])
-    cmap = plt.get_cmap("inferno")
+    cmap = colormaps["inferno"]
     if frames is not None:
         lo, hi = (float(scores.min()), float(scores.max())) if scores is not None else (0, 1)
         for i in range(t):
@@ -85,12 +85,12 @@ def sample_figure(sample: dict, anchors: dict | None = None, patch_mask=None, wo
                     m = np.asarray(patch_mask[i])
                     ph, pw = h / m.shape[0], w / m.shape[1]
                     for y, x in zip(*np.nonzero(m)):
-                        ax.add_patch(plt.Rectangle((x * pw, y * ph), pw, ph, fill=False, edgecolor="cyan", lw=1.2))
+                        ax.add_patch(Rectangle((x * pw, y * ph), pw, ph, fill=False, edgecolor="cyan", lw=1.2))
             ax.axis("off")
         fig.axes[-1].set_title("patch scores" + (" + mask" if patch_mask is not None else ""), fontsize=8)
     ax = fig.add_subplot(grid[2, :cols])
     chars = int((fig.get_figwidth() * cols / (cols + 1.3)) * 72 / (9 * 0.62))  # monospace 9 pt per line
-    draw_words(ax, sample["words"], sample["meta"].get("word_scores", []), plt.get_cmap("YlOrRd"), word_mask, chars)
+    draw_words(ax, sample["words"], sample["meta"].get("word_scores", []), colormaps["YlOrRd"], word_mask, chars)
     ax.set_title("transcript, shaded by word score" + (" (masked outlined)" if word_mask is not None else ""),
                  fontsize=9, loc="left")
     ax = fig.add_subplot(grid[:3, cols])
@@ -134,9 +134,9 @@ def sample_masks(sample: dict, strategy: str, text_ratio=0.15, patch_ratio=0.25,
 
 
 def anchors_chart(anchors: dict):
-    plt = _plt()
     rows = [a for a in anchors["anchors"] if a.get("score") is not None]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.2), constrained_layout=True)
+    fig = _figure(figsize=(7, 0.3 * len(rows) + 1.2), layout="constrained")
+    ax = fig.subplots()
     ax.barh([a["word"] for a in rows][::-1], [a["score"] for a in rows][::-1], color="tab:purple")
     ax.set_xlabel(f"{anchors['options']['method']} score")
     ax.set_title(f"{len(rows)} difference anchors (hash {anchors['hash']})", fontsize=10)

@@ -29,9 +29,12 @@ harness and the inspector read it from here.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .errors import VideomaskError
 
 STRATEGIES: dict[str, Callable] = {}
 NEEDS_SCORES: set[str] = set()  # read the stored difference scores
@@ -39,7 +42,7 @@ NEEDS_TRUTH: set[str] = set()  # read ground-truth scores (the synthetic world's
 VIDEO_ONLY: set[str] = set()
 
 
-class MaskingError(ValueError):
+class MaskingError(VideomaskError, ValueError):
     pass
 
 
@@ -382,3 +385,33 @@ def needs(name: str) -> set[str]:
     sides = pairing(name)
     return ({"scores"} if any(s in NEEDS_SCORES for s in sides) else set()) | (
         {"truth"} if any(s in NEEDS_TRUTH for s in sides) else set())
+
+
+@dataclass
+class MaskingConfig:
+    """The ``masking`` section of a training config: which strategy, what budgets, the 80/10/10 rule."""
+
+    strategy: str = "difference"  # a key of masking.PAIRINGS
+    text_ratio: float = 0.15  # share of a sample's text tokens masked (exact budget)
+    patch_ratio: float = 0.25  # share of a clip's patches masked (exact budget)
+    alpha: float = 1.0  # difference-masking's share of the budget (1: pure, 0: random)
+    text_mode: str = "rank"  # difference on text: the authors' rank-weighted sampling
+    patch_mode: str = "topk"  # difference on patches: the authors' top-k + uniform fill
+    whole_word: bool = False  # choose words (all their sub-tokens), budget counted in words
+    mask_prob: float = 0.8  # of the chosen tokens: replaced by the mask token ...
+    random_prob: float = 0.1  # ... by a random token; the rest stay unchanged
+    seed: int = 0  # masks are drawn from (seed, epoch, sample key)
+
+    def __post_init__(self):
+        pairing(self.strategy)  # an unknown name is an error naming the known ones
+        check_ratio(self.text_ratio, self.alpha)
+        check_ratio(self.patch_ratio)
+        if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1:
+            raise MaskingError(f"mask_prob + random_prob must be in [0, 1], got {self.mask_prob} + "
+                                       f"{self.random_prob}")
+        if self.text_mode not in ("rank", "topk") or self.patch_mode not in ("rank", "topk"):
+            raise MaskingError("text_mode and patch_mode must be 'rank' or 'topk'")
+
+    @property
+    def needs_scores(self) -> bool:
+        return "scores" in needs(self.strategy)

@@ -32,13 +32,13 @@ def scores(gold, pred, n_classes: int) -> dict:
 
 
 def confusion_png(cm, labels: list[str], path, title: str = ""):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import (
+        Figure,  # not pyplot: the global backend and figure list stay as they were
+    )
 
     cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(labels), 0.8 + 0.6 * len(labels)), constrained_layout=True)
+    fig = Figure(figsize=(1.0 + 0.6 * len(labels), 0.8 + 0.6 * len(labels)), layout="constrained")
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -49,7 +49,6 @@ def confusion_png(cm, labels: list[str], path, title: str = ""):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def paired_bootstrap(a, b, n_boot: int = 4000, seed: int = 0, level: float = 0.95) -> dict:

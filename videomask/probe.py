@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import data, masking
 from .collate import batch_word_ids, sample_generator
+from .errors import DataError, VideomaskError
 from .model import TextMLM, load_run, load_tokenizer
 
 
@@ -85,7 +87,7 @@ def cloze_items(model, tok, samples) -> list[dict]:
         c = s["meta"]["cloze"]
         pos = (enc["input_ids"][b] == tok.mask_token_id).nonzero().flatten()
         if len(pos) != 1:
-            raise ValueError(f"sample {s['key']}: its cloze prompt must hold one {{mask}}, got {c['prompt']!r}")
+            raise DataError(f"sample {s['key']}: its cloze prompt must hold one {{mask}}, got {c['prompt']!r}")
         choice_ids = [tok(ch, add_special_tokens=False)["input_ids"][0] for ch in c["choices"]]
         best = c["choices"][int(logits[b, int(pos[0]), choice_ids].argmax())]
         items.append({"key": s["key"], "kind": "cloze", "group": c.get("group", "all"), "correct": best == c["answer"],
@@ -105,13 +107,13 @@ def summary(items: list[dict]) -> dict:
 
 
 def probe(run, shards, split: str = "test", anchors=None, ratio: float = 0.15, seed: int = 0, batch_size: int = 16,
-          max_len: int = 64, out=None) -> dict:
+          max_len: int = 64, out=None, progress: bool = False) -> dict:
     """Run both measures on ``split`` of ``shards`` with the model of ``run``; see the module docstring."""
     run = Path(run)
     try:
         urls = data.shard_urls(shards, split)
     except FileNotFoundError:
-        raise ValueError(f"{shards}: no {split!r} split to probe on (the probe reads held-out target "
+        raise DataError(f"{shards}: no {split!r} split to probe on (the probe reads held-out target "
                          "samples: build the shards with a test or val split)") from None
     model, cfg = load_run(run)
     model.eval()
@@ -130,14 +132,14 @@ def probe(run, shards, split: str = "test", anchors=None, ratio: float = 0.15, s
         batch.clear()
 
     torch.manual_seed(seed)
-    for s in pipe:
+    for s in tqdm(pipe, desc="probe", unit="sample", disable=not progress):
         batch.append(s)
         if len(batch) == batch_size:
             flush()
     if batch:
         flush()
     if not items:
-        raise ValueError(f"{shards} ({split}): no sample had words or a cloze to probe")
+        raise DataError(f"{shards} ({split}): no sample had words or a cloze to probe")
     result = {"run": str(run), "shards": str(shards), "split": split, "ratio": ratio, "seed": seed,
               "anchors": str(anchors) if anchors else None, **summary(items), "items": items}
     out = Path(out) if out else run / f"probe_{split}.json"
@@ -158,8 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="default: RUN/probe_SPLIT.json")
     a = p.parse_args(argv)
     try:
-        r = probe(a.run, a.shards, a.split, a.anchors, a.ratio, a.seed, a.batch_size, out=a.out)
-    except (ValueError, FileNotFoundError) as e:
+        r = probe(a.run, a.shards, a.split, a.anchors, a.ratio, a.seed, a.batch_size, out=a.out, progress=True)
+    except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for kind in ("mlm", "cloze"):

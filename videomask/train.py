@@ -1,7 +1,7 @@
 """Continued pretraining with difference-masking: ``python -m videomask.train [CONFIG.yaml ...] [key=value ...]``.
 
 With no arguments: ``configs/train_default.yaml``, the synthetic world's target
-domain (what ``python -m videomask`` produced) with difference-masking, on CPU.
+domain (what ``python -m videomask demo`` produced) with difference-masking, on CPU.
 Distributed: ``torchrun --nproc_per_node N -m videomask.train ...`` (DDP; gloo on
 CPU, nccl on GPU). See ``videomask.config`` for every option.
 
@@ -27,9 +27,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import anchors as anchors_mod
-from . import data, engine
+from . import data, engine, masking
 from .collate import MaskingCollator
-from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config
+from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
 from .engine import all_ranks_true, to_device
 from .model import build_model, check_init, load_tokenizer
 
@@ -38,15 +38,6 @@ DEFAULT_CONFIG = str(CONFIG_DIR / "train_default.yaml")
 
 
 # -- data ---------------------------------------------------------------------------------------
-def split_samples(rank: int, world: int):
-    """A pipeline stage: sample i goes to process i % world (exact batch equivalence across world sizes)."""
-    def stage(src):
-        for i, s in enumerate(src):
-            if i % world == rank:
-                yield s
-    return stage
-
-
 def make_loader(cfg: TrainConfig, folder: str, split: str, collate, rank: int, world: int, train: bool):
     import webdataset as wds
 
@@ -54,7 +45,9 @@ def make_loader(cfg: TrainConfig, folder: str, split: str, collate, rank: int, w
     pipe = data.dataset(folder, split or None, resampled=train and cfg.data.resampled, seed=cfg.run.seed,
                         shuffle=cfg.data.shuffle if train else 0, split_by_node=not by_samples)
     if by_samples:
-        pipe.append(split_samples(rank, world))
+        pipe.append(engine.split_samples(rank, world))
+    if cfg.data.cache:  # decoded samples kept after the first pass; masks are still drawn per epoch in collate
+        pipe = wds.DataPipeline(data.Cached(pipe))
     pipe.append(wds.batched(cfg.data.batch_size, collation_fn=collate, partial=not train))
     return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.data.workers)
 
@@ -62,7 +55,44 @@ def make_loader(cfg: TrainConfig, folder: str, split: str, collate, rank: int, w
 def check_anchors(cfg: TrainConfig) -> str | None:
     if not cfg.data.anchors:
         return None
+    if not Path(cfg.data.anchors).exists():
+        raise ConfigError(f"data.anchors={cfg.data.anchors}: no such file (python -m videomask.anchors writes it)")
     return anchors_mod.load(cfg.data.anchors)["hash"]
+
+
+def check_ngrams(cfg: TrainConfig):
+    """The PMI n-gram vocabulary of ``masking.strategy=pmi`` (None for other strategies)."""
+    if masking.pairing(cfg.masking.strategy)[0] != "pmi":
+        return None
+    if not cfg.data.ngrams:
+        raise ConfigError("masking.strategy=pmi needs data.ngrams: the n-gram vocabulary of "
+                          "`python -m videomask.scoring.pmi TRAIN_SHARDS --out ngrams.json`")
+    if not Path(cfg.data.ngrams).exists():
+        raise ConfigError(f"data.ngrams={cfg.data.ngrams}: no such file")
+    from .scoring import pmi
+
+    return pmi.load(cfg.data.ngrams)
+
+
+def check_data(cfg: TrainConfig, collate) -> None:
+    """Before anything is written: the shards and splits exist, and their first sample carries what the
+    strategy reads (scores, ground truth) and matches the anchors. Each message names the key and value."""
+    for key, folder, split in (("data.train", cfg.data.train, cfg.data.train_split),
+                               ("data.val", cfg.data.val or cfg.data.train, cfg.data.val_split)):
+        if key == "data.val" and not split:
+            continue
+        if not Path(folder).exists():
+            raise ConfigError(f"{key}={folder}: no such folder")
+        try:
+            urls = data.shard_urls(folder, split or None)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{key}={folder}: {e}") from None
+        first = next(iter(data.dataset(urls[:1], split_by_node=False, handler=data.ErrorCounter(strict=True))), None)
+        if first is not None:
+            try:
+                collate._check(first)
+            except masking.MaskingError as e:
+                raise ConfigError(f"{key}={folder} with masking.strategy={cfg.masking.strategy}: {e}") from None
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -72,58 +102,6 @@ def save_checkpoint(path: Path, model_state, opt_state, sched, step: int, epoch:
                                   "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                                   # dropout and the like; masks have their own per-sample generators
                                   "rng": torch.get_rng_state()}, cfg)
-
-
-# -- parallelism --------------------------------------------------------------------------------
-def transformer_blocks(model) -> list:
-    """The blocks FSDP shards one by one: the joint encoder's layers and the ViT's."""
-    blocks = list(getattr(model.mlm.base_model.encoder, "layer", []))
-    if hasattr(model, "visual"):
-        blocks += list(model.visual.transformer.resblocks)
-    return blocks
-
-
-def wrap(model, cfg: TrainConfig, world: int, device):
-    """DDP or FSDP (FSDP2's ``fully_shard``: per block, then the rest); the model itself when alone."""
-    if world == 1:
-        return model
-    if cfg.run.parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for block in transformer_blocks(model):
-            fully_shard(block)
-        fully_shard(model)  # in place: the module is now an FSDP module
-        return model
-    # a text-only batch leaves the vision tower without gradients: DDP must be told to expect that
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                                     find_unused_parameters=cfg.model.kind == "video")
-
-
-def full_state(model, opt, fsdp: bool):
-    """Unsharded model and optimizer state (a collective under FSDP: every process must call it)."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        return get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return model.state_dict(), opt.state_dict()
-
-
-def load_full_state(model, opt, state: dict, fsdp: bool):
-    try:
-        if fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-            set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                           options=StateDictOptions(full_state_dict=True))
-        else:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-    except (RuntimeError, KeyError) as e:
-        raise ConfigError("the checkpoint does not fit this model: " + " ".join(str(e).split())[:400]) from None
-
-
-def local(t):
-    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -155,45 +133,46 @@ def validate(model, loader, device, autocast, max_batches: int) -> dict:
 
 
 # -- main ---------------------------------------------------------------------------------------
+def _default_files(files, overrides):
+    """No config file and no data: the embedded default (the demo's difference-masking run)."""
+    if files or any(o.startswith("data.train=") for o in overrides):
+        return files
+    cfg = load_config([DEFAULT_CONFIG], overrides)
+    if not Path(cfg.data.train).exists():
+        raise ConfigError(f"{cfg.data.train} does not exist: the default config continues the demo's run; "
+                          "run `python -m videomask demo` first, or give data.train=SCORED_SHARDS")
+    return [DEFAULT_CONFIG]
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    files = [a for a in argv if not ("=" in a and not a.endswith((".yaml", ".yml")))]
-    overrides = [a for a in argv if a not in files]
-    default = not files and not any(o.startswith("data.train=") for o in overrides)
-    if default:
-        files = [DEFAULT_CONFIG]
-    try:
-        cfg = load_config(files, overrides)
-        if default and not Path(cfg.data.train).exists():  # the embedded default needs the demo's data
-            raise ConfigError(f"{cfg.data.train} does not exist: the default config continues the demo's run; "
-                              "run `python -m videomask` first, or give data.train=SCORED_SHARDS")
-        return train(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(argv, TrainConfig, train, "python -m videomask.train", __doc__, _default_files)
 
 
-def train(cfg: TrainConfig) -> int:
+def train(cfg: TrainConfig) -> dict:
     rank, world, device = engine.setup_distributed(cfg.run)
     if not cfg.data.train:
         raise ConfigError("data.train is empty: give scored shards (python -m videomask.scoring.score's output)")
-    check_init(cfg.model)  # before the run folder: a wrong base run writes nothing
+    # everything that can be refused is checked before the run folder exists: a refused start leaves
+    # nothing that blocks the corrected rerun
+    check_init(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    collate = MaskingCollator(tokenizer, cfg.masking, cfg.data.max_text_len, None, anchors_hash=check_anchors(cfg),
+                              ngrams=check_ngrams(cfg), text_only=cfg.model.kind == "text")
+    check_data(cfg, collate)
     out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl"))
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
 
-    tokenizer = load_tokenizer(cfg.model)
     model = build_model(cfg.model, len(tokenizer)).to(device)
     grid = getattr(model, "grid", None)
-    collate = MaskingCollator(tokenizer, cfg.masking, cfg.data.max_text_len, (grid, grid) if grid else None,
-                              anchors_hash=check_anchors(cfg), text_only=cfg.model.kind == "text")
+    collate.patch_grid = (grid, grid) if grid else None
     loader = make_loader(cfg, cfg.data.train, cfg.data.train_split, collate, rank, world, train=True)
     val_loader = (make_loader(cfg, cfg.data.val or cfg.data.train, cfg.data.val_split, collate, rank, world, False)
                   if cfg.data.val_split else None)
 
     fsdp = world > 1 and cfg.run.parallel == "fsdp"
-    model = wrap(model, cfg, world, device)
+    model = engine.wrap(model, world, device, cfg.run.parallel, find_unused=cfg.model.kind == "video")
     raw_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -205,7 +184,7 @@ def train(cfg: TrainConfig) -> int:
     step = epoch = skip = 0
     if cfg.run.resume == "auto" and (out / CKPT).exists():
         state = engine.read_checkpoint(out / CKPT, cfg)
-        load_full_state(raw_model, opt, state, fsdp)
+        engine.load_full_state(raw_model, opt, state, fsdp)
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -213,102 +192,110 @@ def train(cfg: TrainConfig) -> int:
             print(f"resumed from {out / CKPT} at step {step}")
     autocast = engine.autocast(cfg.run, device)
 
-    stop = {"signal": None}
-    for sig in (signal.SIGTERM, signal.SIGINT):  # finish the step, save, exit
+    stop, logs = {"signal": None}, {}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:  # finish the step, save, exit; the caller's handlers come back afterwards
         signal.signal(sig, lambda s, f: stop.update(signal=s))
-    log = engine.MetricsLog(out, rank)
-    bar = tqdm(total=o.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
-    started, batch_in_epoch, data_wait, t_log, steps_here = step, skip, 0.0, time.perf_counter(), 0
-    model.train()
+    try:
+        log = engine.MetricsLog(out, rank)
+        bar = tqdm(total=o.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
+        started, batch_in_epoch, data_wait, t_log, steps_here = step, skip, 0.0, time.perf_counter(), 0
+        model.train()
 
-    def checkpoint():  # every process calls it: gathering FSDP shards is a collective
-        model_state, opt_state = full_state(raw_model, opt, fsdp)
-        if rank == 0:
-            save_checkpoint(out / CKPT, model_state, opt_state, sched, step, epoch, batch_in_epoch, cfg)
-
-    def batches():  # endless: epochs of the shards (a fresh mask draw per epoch), resumable mid-epoch
-        nonlocal epoch, batch_in_epoch
-        while True:
-            collate.set_epoch(epoch)
-            n = 0
-            for i, b in enumerate(loader):
-                n += 1
-                if i < batch_in_epoch:
-                    continue  # already trained on before the resume
-                batch_in_epoch = i + 1
-                yield b
-            if n == 0:
-                raise ConfigError(f"no training batches in {cfg.data.train} (split {cfg.data.train_split!r}); "
-                                  f"with {world} processes each needs at least one batch of {cfg.data.batch_size}")
-            epoch, batch_in_epoch = epoch + 1, 0
-
-    it = batches()
-    while step < o.max_steps:
-        logs = {}
-        for micro in range(o.grad_accum):
-            tw = time.perf_counter()
-            batch = to_device(next(it), device)
-            data_wait += time.perf_counter() - tw
-            sync = micro == o.grad_accum - 1 or world == 1
-            if fsdp:
-                model.set_requires_gradient_sync(sync)
-            with (model.no_sync() if not sync and not fsdp else nullcontext()), autocast:
-                r = model(batch)
-            # every process takes the same branch, or the collectives below would wait forever
-            if not all_ranks_true(bool(torch.isfinite(r["loss"])), world, device):
-                finite = all_ranks_true(all(bool(torch.isfinite(local(p)).all()) for p in raw_model.parameters()),
-                                        world, device)
-                if finite:  # this step has not been applied: the weights are the last good ones
-                    checkpoint()
-                where = out / CKPT if finite or (out / CKPT).exists() else "no checkpoint (none was good)"
-                raise FloatingPointError(f"non-finite loss {float(r['loss'])} at step {step} "
-                                         f"({', '.join(f'{k}={float(v):.4g}' for k, v in r.items())}); the last good "
-                                         f"state is in {where}")
-            (r["loss"] / o.grad_accum).backward()
-            # one device-to-host copy for all metrics (one sync per micro-step, not one per metric)
-            values = torch.stack([v.detach().float().reshape(()) for v in r.values()]).tolist()
-            for k, v in zip(r, values):
-                logs[k] = logs.get(k, 0.0) + v / o.grad_accum
-        if o.clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip)
-            logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step, steps_here = step + 1, steps_here + 1
-        bar.update(1)
-        if world > 1 and (step % cfg.run.log_every == 0 or step == o.max_steps):  # log the global mean
-            keys = sorted(logs)
-            t = torch.tensor([logs[k] for k in keys], device=device)
-            dist.all_reduce(t)
-            logs = dict(zip(keys, (t / world).tolist()))
-        if rank == 0 and (step % cfg.run.log_every == 0 or step == o.max_steps):
-            elapsed = time.perf_counter() - t_log
-            logs.update(step=step, epoch=epoch, lr=sched.get_last_lr()[0],
-                        samples_per_s=cfg.run.log_every * o.grad_accum * cfg.data.batch_size * world / elapsed,
-                        data_wait=data_wait / elapsed)
-            log.write(logs, step)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}")
-            data_wait, t_log = 0.0, time.perf_counter()
-        if val_loader is not None and ((cfg.run.val_every and step % cfg.run.val_every == 0) or step == o.max_steps):
-            v = validate(model, val_loader, device, autocast, cfg.run.val_batches)
-            log.write({"step": step, **v}, step)
-        if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == o.max_steps:
-            checkpoint()
-        if stop["signal"] or (cfg.run.stop_after and steps_here >= cfg.run.stop_after):
-            checkpoint()
+        def checkpoint():  # every process calls it: gathering FSDP shards is a collective
+            model_state, opt_state = engine.full_state(raw_model, opt, fsdp)
             if rank == 0:
-                why = f"signal {stop['signal']}" if stop["signal"] else f"run.stop_after={cfg.run.stop_after}"
-                print(f"stopped at step {step} ({why}); resume with run.resume=auto")
-            break
-    bar.close()
+                save_checkpoint(out / CKPT, model_state, opt_state, sched, step, epoch, batch_in_epoch, cfg)
+
+        def batches():  # endless: epochs of the shards (a fresh mask draw per epoch), resumable mid-epoch
+            nonlocal epoch, batch_in_epoch
+            while True:
+                collate.set_epoch(epoch)
+                n = 0
+                for i, b in enumerate(loader):
+                    n += 1
+                    if i < batch_in_epoch:
+                        continue  # already trained on before the resume
+                    batch_in_epoch = i + 1
+                    yield b
+                if n == 0:
+                    raise ConfigError(f"no training batches in {cfg.data.train} (split {cfg.data.train_split!r}); "
+                                      f"with {world} processes each needs at least one batch of {cfg.data.batch_size}")
+                epoch, batch_in_epoch = epoch + 1, 0
+
+        it = batches()
+        while step < o.max_steps:
+            logs = {}
+            for micro in range(o.grad_accum):
+                tw = time.perf_counter()
+                batch = to_device(next(it), device)
+                data_wait += time.perf_counter() - tw
+                sync = micro == o.grad_accum - 1 or world == 1
+                if fsdp:
+                    model.set_requires_gradient_sync(sync)
+                with (model.no_sync() if not sync and not fsdp else nullcontext()), autocast:
+                    r = model(batch)
+                # every process takes the same branch, or the collectives below would wait forever
+                if not all_ranks_true(bool(torch.isfinite(r["loss"])), world, device):
+                    finite = all_ranks_true(all(bool(torch.isfinite(engine.local(p)).all()) for p in raw_model.parameters()),
+                                            world, device)
+                    if finite:  # this step has not been applied: the weights are the last good ones
+                        checkpoint()
+                    where = out / CKPT if finite or (out / CKPT).exists() else "no checkpoint (none was good)"
+                    raise FloatingPointError(f"non-finite loss {float(r['loss'])} at step {step} "
+                                             f"({', '.join(f'{k}={float(v):.4g}' for k, v in r.items())}); "
+                                             f"the last good state is in {where}")
+                (r["loss"] / o.grad_accum).backward()
+                # one device-to-host copy for all metrics (one sync per micro-step, not one per metric)
+                values = torch.stack([v.detach().float().reshape(()) for v in r.values()]).tolist()
+                for k, v in zip(r, values):
+                    logs[k] = logs.get(k, 0.0) + v / o.grad_accum
+            if o.clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip)
+                logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step, steps_here = step + 1, steps_here + 1
+            bar.update(1)
+            if world > 1 and (step % cfg.run.log_every == 0 or step == o.max_steps):  # log the global mean
+                keys = sorted(logs)
+                t = torch.tensor([logs[k] for k in keys], device=device)
+                dist.all_reduce(t)
+                logs = dict(zip(keys, (t / world).tolist()))
+            if rank == 0 and (step % cfg.run.log_every == 0 or step == o.max_steps):
+                elapsed = time.perf_counter() - t_log
+                logs.update(step=step, epoch=epoch, lr=sched.get_last_lr()[0],
+                            samples_per_s=cfg.run.log_every * o.grad_accum * cfg.data.batch_size * world / elapsed,
+                            data_wait=data_wait / elapsed)
+                log.write(logs, step)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                data_wait, t_log = 0.0, time.perf_counter()
+            if val_loader is not None and (
+                    (cfg.run.val_every and step % cfg.run.val_every == 0) or step == o.max_steps):
+                v = validate(model, val_loader, device, autocast, cfg.run.val_batches)
+                log.write({"step": step, **v}, step)
+            if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == o.max_steps:
+                checkpoint()
+            if stop["signal"] or (cfg.run.stop_after and steps_here >= cfg.run.stop_after):
+                checkpoint()
+                if rank == 0:
+                    why = f"signal {stop['signal']}" if stop["signal"] else f"run.stop_after={cfg.run.stop_after}"
+                    print(f"stopped at step {step} ({why}); resume with run.resume=auto")
+                break
+        bar.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     log.close()
     if step >= o.max_steps:
         export(raw_model, opt, cfg, out, rank, fsdp)
     engine.teardown(world)
     if rank == 0:
         print(f"trained {step - started} steps in this run; {out}")
-    return 0
+    return {"out": str(out), "step": step, "finished": step >= o.max_steps,
+            "model": str(out / "model.safetensors") if step >= o.max_steps else None,
+            "last": {k: v for k, v in logs.items() if isinstance(v, (int, float))}}
 
 
 def export(model, opt, cfg: TrainConfig, out: Path, rank: int, fsdp: bool):
@@ -316,7 +303,7 @@ def export(model, opt, cfg: TrainConfig, out: Path, rank: int, fsdp: bool):
     from safetensors.torch import save_file, save_model
 
     if fsdp:
-        state, _ = full_state(model, opt, fsdp)
+        state, _ = engine.full_state(model, opt, fsdp)
         if rank == 0:  # tied weights come back as separate copies: each is saved
             save_file({k: v.contiguous().clone() for k, v in state.items()}, str(out / "model.safetensors"))
     elif rank == 0:

@@ -1,4 +1,4 @@
-"""The embedded default, end to end: ``python -m videomask [--out runs/demo]`` (the demo pipeline).
+"""The embedded default, end to end: ``videomask demo [--out runs/demo]`` (``python -m videomask demo``).
 
 Runs every stage of the pipeline on the synthetic clip world, on CPU:
 
@@ -33,9 +33,10 @@ from pathlib import Path
 from .. import anchors, inspection, train
 from .. import probe as probe_mod
 from ..config import CONFIG_DIR
+from ..logs import setup as setup_logging
 from ..prep import build
 from ..scoring import score
-from . import tiny_clip, truth, world
+from . import solvers, tiny_clip, truth, world
 
 #: the demo's world. 480 target clips: 216 train (continued pretraining and the probe's training
 #: questions), 48 val, 216 test (a standard error of at most 0.034 on a test accuracy); 240 general
@@ -92,6 +93,12 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = DEMO_WORLD,
     print(f"{sum(s['samples'] for s in r['shards'])} samples scored -> {paths['scored']}, with ground truth -> "
           f"{paths['truth']} ({time.perf_counter() - t:.1f}s)")
 
+    t = stage("the test questions: what the inputs alone give away (videomask.demo.solvers)")
+    r = solvers.solve(paths["truth"], "test")
+    print(f"{r['n']} test questions, 4 candidates: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in r.items() if k not in ("n", "split")) + " (the downstream question is read "
+        f"with the frames only) ({time.perf_counter() - t:.1f}s)")
+
     t = stage("inspect: what difference-masking will see")
     paths["pictures"].mkdir(parents=True, exist_ok=True)
     anchors_json = anchors.load(paths["anchors"])
@@ -138,12 +145,14 @@ def ablation(out: Path, overrides=()) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m videomask", description=__doc__,
+    p = argparse.ArgumentParser(prog="videomask demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where everything is written")
     p.add_argument("--workers", type=int, default=2, help="processes for the shard build")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the ablation (seeds=[0,1,2,3,4])")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="show third-party load reports and warnings")
     a = p.parse_args(argv)
+    setup_logging(a.verbose)
     t0 = time.perf_counter()
     run(a.out, a.workers)
     base(a.out)

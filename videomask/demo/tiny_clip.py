@@ -51,7 +51,8 @@ def model_cfg(image_size: int, patch_size: int = 16, width: int = 128, layers: i
 
 def world_pairs(world_dir: Path, image_size: int, patch_size: int, frames_per_cue: int = 3):
     """From a world folder's train split (the scorer never sees a held-out clip): frames (uint8
-    [N, 3, S, S]), the cue text on screen, and per frame the objects on screen as ``(colour, shape, patches covered >= 30%: bool [grid * grid])``."""
+    [N, 3, S, S]), the cue text on screen, and per frame the objects on screen as ``(colour, shape, patches
+    covered >= 30%: bool [grid * grid])``."""
     from .world import object_mask
 
     world_dir, grid = Path(world_dir), image_size // patch_size

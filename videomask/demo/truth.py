@@ -27,14 +27,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..prep.build import _atomic_write, sha256_of
+from ..errors import DataError
+from ..files import atomic_write, sha256_of
 from ..scoring.score import read_samples, write_tar
 from .world import PLANTED_WORDS, is_target, object_mask
 
 PLANTED = frozenset(PLANTED_WORDS)
 
 
-class TruthError(ValueError):
+class TruthError(DataError):
     pass
 
 
@@ -88,7 +89,7 @@ def annotate(src: Path, out: Path, grid: int = 4) -> dict:
         os.replace(tmp, dst)
         shards.append({**s, "bytes": dst.stat().st_size, "sha256": sha256_of(dst)})
     result = {**manifest, "shards": shards, "truth_grid": grid, "truth_from": [s["sha256"] for s in manifest["shards"]]}
-    _atomic_write(out / "manifest.json", json.dumps(result, indent=1))
+    atomic_write(out / "manifest.json", json.dumps(result, indent=1))
     return result
 
 

@@ -30,6 +30,8 @@ import math
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .inputs import SPLIT_DIRS
 from .transcripts import read_text
 
@@ -91,7 +93,7 @@ def qa_rows(path: Path, n_answers: int, locate) -> tuple[list[dict], list[dict]]
     required = ["qid", "q", "vid_name", "ts"] + [f"a{i}" for i in range(n_answers)] + (["answer_idx"] if labelled
                                                                                          else [])
     rows, errors = [], []
-    for n, row, err in lines:
+    for n, row, err in tqdm(lines, desc=path.name, unit="question", disable=len(lines) < 1000):
         if err:
             errors.append(_error(path, n, err))
             continue
@@ -261,7 +263,7 @@ def main(argv=None) -> int:
             return 1
         opts = build.BuildOptions(frames=a.frames_per_clip, size=a.size,
                                   kind="text" if a.dataset == "dsp" else "video")
-        m = build.build(manifest, a.out / "shards", opts, workers=a.workers, progress=False)
+        m = build.build(manifest, a.out / "shards", opts, workers=a.workers, progress=True)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,6 @@ rerunning it after success does nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -38,18 +37,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..files import atomic_write, sha256_of
 from .cutting import BuildOptions, process
 from .inputs import discover, partition_of
 
 JOURNAL_DIR = ".build"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class SplitWriter:
@@ -249,15 +241,9 @@ def finish(out: Path, inputs, journal: Journal, opts_id: dict) -> dict:
     manifest = {"format": "videomask-shards/1", "options": opts_id, "inputs": counts, "splits": splits,
                 "shards": [{k: s[k] for k in ("name", "split", "samples", "bytes", "sha256")} for s in journal.shards],
                 "errors": len(errors)}
-    _atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
-
-
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def merge(out: Path) -> dict:
@@ -298,8 +284,8 @@ def merge(out: Path) -> dict:
     options = {k: v for k, v in manifests[0]["options"].items() if k != "partition"}
     manifest = {"format": "videomask-shards/1", "options": options, "inputs": counts, "splits": splits,
                 "shards": shards, "errors": len(errors), "merged_from": [p.name for p in parts]}
-    _atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -323,7 +309,8 @@ def parser() -> argparse.ArgumentParser:
              "split": "split of inputs that don't name one", "missing_transcript": "a video without a transcript: "
              "reject it, or keep it with empty text", "time_tolerance": "seconds a transcript may run past the "
              "video's end", "kind": "video or text input (auto: video if any video is found)",
-             "text_field": "JSONL field holding the text", "backend": "video decoder"}
+             "text_field": "JSONL field holding the text", "backend": "video decoder",
+             "transcript_encoding": "the transcripts' text encoding, e.g. cp1252 (default: UTF-8, else detected)"}
     choices = {"clip_mode": ["fixed", "segments"], "missing_transcript": ["reject", "keep"],
                "kind": ["auto", "video", "text"], "backend": ["auto", "decord", "pyav"]}
     for f in fields(BuildOptions):

@@ -18,7 +18,13 @@ import json
 from dataclasses import dataclass
 
 from .inputs import Input, sanitize
-from .transcripts import TranscriptError, clip_text, read_transcript, text_words, timed_words
+from .transcripts import (
+    TranscriptError,
+    clip_text,
+    load_transcript,
+    text_words,
+    timed_words,
+)
 from .video import VideoError, encode_jpeg, open_video, resize_crop, sample_indices
 
 
@@ -38,6 +44,7 @@ class BuildOptions:
     kind: str = "auto"  # "video", "text", or "auto" (video if the folder holds any video)
     text_field: str = "text"
     backend: str = "auto"  # decord (auto when installed) or pyav
+    transcript_encoding: str = ""  # force the transcripts' text encoding ("": UTF-8, else detected)
 
     def __post_init__(self):
         checks = {"frames": self.frames >= 1, "size": self.size >= 8, "clip_seconds": self.clip_seconds > 0,
@@ -91,20 +98,22 @@ def process(inp: Input, opts: BuildOptions):
         meta = {"key": sanitize(inp.id), "source": inp.source, "split": inp.split, "words": text_words(inp.text),
                 **inp.extra}
         return [{"__key__": meta["key"], "txt": inp.text.encode(), "json": json.dumps(meta).encode()}], []
-    cues, timed = [], False
+    cues, timed, encoding, problems = [], False, "utf-8", []
     if inp.transcript is None:
         if opts.missing_transcript == "reject":
-            return [], [_err(inp, "no transcript with the same stem (.srt/.vtt/.json/.txt); "
-                                  "use --missing-transcript keep to keep it with empty text", stage="transcript")]
+            problems.append("no transcript with the same stem (.srt/.vtt/.json/.txt); use --missing-transcript "
+                            "keep to keep it with empty text")
     else:
         try:
-            cues, timed = read_transcript(inp.transcript)
+            cues, timed, encoding = load_transcript(inp.transcript, opts.transcript_encoding)
         except (TranscriptError, OSError) as e:
-            return [], [_err(inp, str(e), stage="transcript")]
+            problems.append(str(e))
     try:
         reader = open_video(inp.video, opts.backend, fps=inp.fps)
-    except (VideoError, OSError) as e:
-        return [], [_err(inp, str(e))]
+    except (VideoError, OSError) as e:  # every reason an input fails is reported, not only the first
+        return [], [_err(inp, "; ".join([*problems, str(e)]), stage="transcript+decode" if problems else "decode")]
+    if problems:
+        return [], [_err(inp, "; ".join(problems), stage="transcript")]
     info = reader.info
     min_len = opts.clip_seconds * opts.min_clip_fraction
     if info.duration < min_len:
@@ -139,7 +148,7 @@ def process(inp: Input, opts: BuildOptions):
                 "frame_indices": indices, "frame_times": [round(i / info.fps, 3) for i in indices],
                 "timing": ("words" if any(cu.words for cu in cues) else "cues") if timed else (
                     "untimed" if cues else "none"),
-                "words": clip_words, **inp.extra}
+                "words": clip_words, **({"transcript_encoding": encoding} if encoding != "utf-8" else {}), **inp.extra}
         sample = {"__key__": key, "txt": text.encode(), "json": json.dumps(meta).encode()}
         for t, frame in enumerate(frames):
             sample[f"f{t:03d}.jpg"] = encode_jpeg(resize_crop(frame, opts.size), opts.jpeg_quality)

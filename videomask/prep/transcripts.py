@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DataError
+
 WORD_RE = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 TAG_RE = re.compile(r"<[^>]*>|\{\\[^}]*\}")  # <i>, <c.colour>, {\an8}
 SRT_TIME = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})\s*-->\s*(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})")
@@ -28,7 +30,7 @@ VTT_TIME = re.compile(r"^\s*((?:\d+:)?\d{1,2}:\d{1,2}\.\d{1,3})\s*-->\s*((?:\d+:
 TRANSCRIPT_EXTS = (".json", ".srt", ".vtt", ".txt")
 
 
-class TranscriptError(ValueError):
+class TranscriptError(DataError):
     """A transcript that cannot be used; the message names the file and the problem."""
 
 
@@ -54,15 +56,38 @@ def find_words(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in WORD_RE.finditer(text)]
 
 
-def read_text(path: Path) -> str:
-    """Read a UTF-8 file (a BOM is allowed); a clear error otherwise."""
-    data = Path(path).read_bytes()
+def decode(data: bytes, path, encoding: str = "") -> tuple[str, str]:
+    """Bytes of a text file -> (text, the encoding used). UTF-8 (a BOM allowed) first; otherwise the
+    encoding detected by charset-normalizer (subtitle files are often cp1252 or Latin-1); ``encoding``
+    forces one. A clear error naming the file when nothing fits."""
+    if encoding:
+        try:
+            return data.decode(encoding), encoding
+        except (UnicodeDecodeError, LookupError) as e:
+            raise TranscriptError(f"{path}: cannot be read as {encoding}: {e}") from None
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as e:
+        first_bad = e.start
+    from charset_normalizer import from_bytes
+
+    matches = from_bytes(data)
+    best = matches.best()
+    if best is not None:
+        # short texts leave the detector undecided between code pages that fit equally well: take cp1252
+        # (Windows Western, the most common legacy encoding of subtitle files) when it is one of them
+        tied = [m for m in matches if m.chaos == best.chaos and m.coherence == best.coherence]
+        best = next((m for m in tied if m.encoding == "cp1252"), best)
+    if best is None:
         raise TranscriptError(
-            f"{path}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-            "convert it, e.g. `iconv -f latin1 -t utf-8`") from None
+            f"{path}: not valid UTF-8 (byte 0x{data[first_bad]:02x} at offset {first_bad}) and no other encoding "
+            "fits; convert it (e.g. `iconv -f latin1 -t utf-8`) or name it with --transcript-encoding") from None
+    return str(best), best.encoding
+
+
+def read_text(path: Path, encoding: str = "") -> str:
+    """Read a text file: UTF-8, else the detected encoding (see ``decode``); a clear error otherwise."""
+    return decode(Path(path).read_bytes(), path, encoding)[0]
 
 
 def _clean(text: str) -> str:
@@ -193,21 +218,26 @@ def parse_json(path: Path, text: str) -> list[Cue]:
     return [cue] if cue.text else []
 
 
-def read_transcript(path: Path) -> tuple[list[Cue], bool]:
-    """Parse a transcript file. Returns ``(cues, timed)``."""
+def load_transcript(path: Path, encoding: str = "") -> tuple[list[Cue], bool, str]:
+    """Parse a transcript file. Returns ``(cues, timed, the text encoding it was read with)``."""
     path = Path(path)
-    text = read_text(path)
+    text, used = decode(path.read_bytes(), path, encoding)
     ext = path.suffix.lower()
     if ext == ".srt":
-        return parse_srt(path, text), True
+        return parse_srt(path, text), True, used
     if ext == ".vtt":
-        return parse_vtt(path, text), True
+        return parse_vtt(path, text), True, used
     if ext == ".json":
-        return parse_json(path, text), True
+        return parse_json(path, text), True, used
     if ext == ".txt":
         body = _clean(text)
-        return ([Cue(None, None, body)] if body else []), False
+        return ([Cue(None, None, body)] if body else []), False, used
     raise TranscriptError(f"{path}: unknown transcript format {ext!r}; expected one of {TRANSCRIPT_EXTS}")
+
+
+def read_transcript(path: Path, encoding: str = "") -> tuple[list[Cue], bool]:
+    """Parse a transcript file. Returns ``(cues, timed)``."""
+    return load_transcript(path, encoding)[:2]
 
 
 def timed_words(cues: list[Cue], duration: float) -> list[TimedWord]:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
+
 try:  # decord ships wheels for x86-64 only
     import decord
 except ImportError:  # pragma: no cover - exercised on platforms without decord
@@ -23,7 +25,7 @@ FRAME_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".mov")
 
 
-class VideoError(ValueError):
+class VideoError(DataError):
     """A video that cannot be used; the message names the file and the problem."""
 
 

@@ -37,12 +37,13 @@ import torch
 from tqdm import tqdm
 
 from .. import anchors as anchors_mod
-from ..prep.build import _atomic_write, sha256_of
-from .clip_scorer import ClipScorer, aggregate
 from ..data import decode_jpeg, frame_names
+from ..errors import DataError
+from ..files import atomic_write, sha256_of
+from .clip_scorer import ClipScorer, aggregate
 
 
-class ScoringError(ValueError):
+class ScoringError(DataError):
     pass
 
 
@@ -168,7 +169,7 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
             raise ScoringError(f"{out} holds scores made with other settings ({', '.join(diff)} differ: another "
                                "anchors file or CLIP model?); pass --overwrite to score again")
     else:
-        _atomic_write(state_path, json.dumps(state_id, indent=1))
+        atomic_write(state_path, json.dumps(state_id, indent=1))
     for tmp in out.glob("*.tar.tmp"):
         tmp.unlink()
     errors_path = out / ".score-errors.jsonl"
@@ -202,8 +203,8 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
         d["shards"] += 1
     result = {**manifest, "shards": shards, "splits": splits, "scores": scorer.info, "scored_from": str(src),
               "score_errors": len(errors), "anchors": words}
-    _atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
-    _atomic_write(out / "manifest.json", json.dumps(result, indent=1))
+    atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
+    atomic_write(out / "manifest.json", json.dumps(result, indent=1))
     cache = scorer.clip
     result["word_cache"] = {"hits": cache.cache_hits, "misses": cache.cache_misses}
     return result
