@@ -7,7 +7,7 @@ from videomask import experiments
 from videomask.config import ConfigError
 
 
-def test_harness_table_picture_and_resume(scored_shards, tiny_shards, tiny_anchors, tiny_scorer, tmp_path, capsys):
+def test_harness_table_picture_and_resume(scored_shards, tiny_shards, tiny_anchors, tiny_scorer, tmp_path, caplog):
     out = tmp_path / "abl"
     overrides = [
         f"out={out}", "strategies=[random,difference]", "seeds=[0]", "anchor_counts=[4]", "pretrain_files=[]",
@@ -48,9 +48,10 @@ def test_harness_table_picture_and_resume(scored_shards, tiny_shards, tiny_ancho
     metrics = {r["cell"]: out / "cells" / r["cell"] / "finetune" / "metrics.json" for r in rows}
     stamps = {c: p.stat().st_mtime_ns for c, p in metrics.items()}
     metrics["random_s0"].unlink()
-    capsys.readouterr()
+    caplog.set_level("INFO", logger="videomask")
+    caplog.clear()
     again = experiments.run(cfg)
-    log = capsys.readouterr().out
+    log = caplog.text
     assert log.count("finished earlier: skipped") == 2 and "[random_s0] fine-tuning" in log
     assert all(metrics[c].stat().st_mtime_ns == stamps[c] for c in metrics if c != "random_s0")
     assert len(again) == 3 and metrics["random_s0"].exists()

@@ -45,7 +45,7 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import DataError, MissingError
+from .errors import DataError, MissingError, VideomaskError
 from .prep.transcripts import WORD_RE, TranscriptError, read_text, read_transcript
 
 WORDFREQ_CORPUS_SIZE = 1e9
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     try:
         result = build_anchors(a.targets, reference, a.k, a.method, a.min_count, a.min_length, a.smoothing, a.seed,
                                a.anchors_file, a.anchors_mode, a.split)
-    except (ValueError, FileNotFoundError) as e:
+    except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,9 @@ from . import masking, metrics, train
 from . import probe as probe_mod
 from .config import ConfigError, run_cli
 from .config import load_config as _load_layered
+
+logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
+
 
 METRICS = ("accuracy", "macro_f1", "micro_f1")
 #: the probe's columns (probe.json's summary): kind -> the accuracies reported
@@ -154,7 +158,7 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path) -> dict:
 
     pre = pretrain_config()
     if done.exists():
-        print(f"[{cell['name']}] finished earlier: skipped")
+        logger.info(f"[{cell['name']}] finished earlier: skipped")
         r = json.loads(done.read_text())
     else:
         t = time.perf_counter()
@@ -169,22 +173,19 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path) -> dict:
                 a, scored_dir = anchors_for(cfg, pre.data.anchors, int(cell["anchors"]), out)
                 extra += [f"data.anchors={a}", f"data.train={scored_dir}"]
             pre = pretrain_config(*extra)
-            print(f"[{cell['name']}] continued pretraining ({pre.masking.strategy}, {pre.optim.max_steps} steps)",
-                  flush=True)
+            logger.info(f"[{cell['name']}] continued pretraining ({pre.masking.strategy}, {pre.optim.max_steps} steps)")
             if not (folder / "pretrain" / "model.safetensors").exists():
                 train.train(pre)
             fcfg = ft.load_config(cfg.finetune_files, [*ft_overrides, f"init={folder / 'pretrain'}"])
-        print(f"[{cell['name']}] fine-tuning ({fcfg.task}, {fcfg.mode})", flush=True)
+        logger.info(f"[{cell['name']}] fine-tuning ({fcfg.task}, {fcfg.mode})")
         r = ft.finetune(fcfg)
-        print(f"[{cell['name']}] test accuracy {r['test']['accuracy']:.4f} ({time.perf_counter() - t:.0f}s)",
-              flush=True)
+        logger.info(f"[{cell['name']}] test accuracy {r['test']['accuracy']:.4f} ({time.perf_counter() - t:.0f}s)")
     model_run = folder / "pretrain" if cell["strategy"] != NONE else pre.model.init
     if cfg.probe and model_run and not (folder / "probe.json").exists():
         shards = cfg.probe_shards or ft.load_config(cfg.finetune_files, cfg.finetune).shards
         pr = probe_mod.probe(model_run, shards, cfg.probe_split, pre.data.anchors or None, seed=0,
                              out=folder / "probe.json")
-        print(f"[{cell['name']}] probe: " + ", ".join(f"{k} {pr[k]['accuracy']:.3f}" for k in PROBE if k in pr),
-              flush=True)
+        logger.info(f"[{cell['name']}] probe: " + ", ".join(f"{k} {pr[k]['accuracy']:.3f}" for k in PROBE if k in pr))
     return r
 
 
@@ -376,11 +377,11 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     (out / "experiment.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     todo = cells(cfg)
     for i, c in enumerate(todo, 1):
-        print(f"\n== cell {i}/{len(todo)}: {c['name']} ==", flush=True)
+        logger.info(f"\n== cell {i}/{len(todo)}: {c['name']} ==")
         run_cell(cfg, c, out)
         report(cfg, out)  # the table grows cell by cell: an interrupted run still leaves one
     rows = report(cfg, out)
-    print(f"\n{(out / 'results.md').read_text()}\n{out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
+    logger.info(f"\n{(out / 'results.md').read_text()}\n{out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
     return rows
 
 

@@ -1,7 +1,8 @@
-"""Files every stage writes the same way: atomic replacement and checksums."""
+"""Files every stage writes the same way: atomic replacement, checksums, shard manifests."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -20,3 +21,24 @@ def atomic_write(path: Path, text: str):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def split_tallies(shards: list[dict]) -> dict:
+    """``{split: {"samples": n, "shards": n}}`` of a manifest's shard list."""
+    splits = {}
+    for s in shards:
+        d = splits.setdefault(s["split"], {"samples": 0, "shards": 0})
+        d["samples"] += s["samples"]
+        d["shards"] += 1
+    return splits
+
+
+def write_manifest(out: Path, manifest: dict, errors: list[dict] | None = None) -> dict:
+    """``out/manifest.json`` (its ``splits`` tallied from its ``shards``) and, when given, ``out/errors.jsonl``,
+    both atomically: a reader never sees half of either. Returns the manifest."""
+    out = Path(out)
+    manifest = {**manifest, "splits": split_tallies(manifest["shards"])}
+    if errors is not None:
+        atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
+    return manifest

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import sys
 from contextlib import nullcontext
@@ -51,6 +52,8 @@ from .model import (
     load_run,
     load_tokenizer,
 )
+
+logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
 
 CKPT = "finetune_checkpoint.pt"
 
@@ -382,7 +385,7 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
         start, best, best_state, history, waited = (st["epoch"] + 1, st["best"], st["best_state"], st["history"],
                                                     st["waited"])
         if rank == 0:
-            print(f"resumed from {out / CKPT} after epoch {st['epoch']}")
+            logger.info(f"resumed from {out / CKPT} after epoch {st['epoch']}")
     log = engine.MetricsLog(out, rank)
     stopped, epochs_here = waited >= cfg.patience, 0
     for epoch in range(start, cfg.epochs):
@@ -391,7 +394,7 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
         if cfg.run.stop_after and epochs_here >= cfg.run.stop_after:  # time-limited jobs: resume later
             log.close()
             if rank == 0:
-                print(f"stopped after epoch {epoch - 1} (run.stop_after={cfg.run.stop_after}); "
+                logger.info(f"stopped after epoch {epoch - 1} (run.stop_after={cfg.run.stop_after}); "
                       "continue with run.resume=auto")
             return {"stopped": True, "epoch": epoch - 1, "history": history}
         epochs_here += 1
@@ -425,7 +428,7 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
         history.append(row)
         log.write(row, epoch)
         if rank == 0:
-            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val {cfg.select} {score:.4f}", flush=True)
+            logger.info(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val {cfg.select} {score:.4f}")
         if score > best:
             best, waited = score, 0
             best_state = copy.deepcopy(trainable.state_dict())

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError, VideomaskError
+
 
 def _figure(**kw):
     """A matplotlib ``Figure`` that pyplot never sees: no global backend switch, nothing left open."""
@@ -32,7 +34,7 @@ def find_sample(shards, key: str | None = None, index: int = 0) -> dict:
     for i, s in enumerate(dataset(shards)):
         if (key is not None and s["key"] == key) or (key is None and i == index):
             return s
-    raise KeyError(f"{shards}: no sample {key!r}" if key else f"{shards}: fewer than {index + 1} samples")
+    raise DataError(f"{shards}: no sample {key!r}" if key else f"{shards}: fewer than {index + 1} samples")
 
 
 def draw_words(ax, words, scores, cmap, masked=None, width=70):
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
                                 title=f"{sample['key']}: {a.strategy} masking" if a.strategy else "")
         else:
             p.error("give SHARDS or --anchors-chart")
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ initialised") and known-harmless warnings are silenced; ``-v`` shows them.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 #: warnings that say nothing a videomask user can act on
@@ -39,10 +40,19 @@ def setup(verbosity: int = 0):
     """Configure the ``videomask`` logger for a command line: INFO, DEBUG with ``-v``, WARNING with ``-q``."""
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
     logger = logging.getLogger("videomask")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False
     quiet_third_party(verbosity)
+
+
+class _Stderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test runner swaps it between tests)."""
+
+    def emit(self, record):
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 (logging must never raise into the program)
+            self.handleError(record)

@@ -12,6 +12,7 @@ export.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import signal
@@ -32,6 +33,9 @@ from .collate import MaskingCollator
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
 from .engine import all_ranks_true, to_device
 from .model import build_model, check_init, load_tokenizer
+
+logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
+
 
 CKPT = "checkpoint.pt"
 DEFAULT_CONFIG = str(CONFIG_DIR / "train_default.yaml")
@@ -189,7 +193,7 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_rng_state(state["rng"])
         step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
         if rank == 0:
-            print(f"resumed from {out / CKPT} at step {step}")
+            logger.info(f"resumed from {out / CKPT} at step {step}")
     autocast = engine.autocast(cfg.run, device)
 
     stop, logs = {"signal": None}, {}
@@ -281,7 +285,7 @@ def train(cfg: TrainConfig) -> dict:
                 checkpoint()
                 if rank == 0:
                     why = f"signal {stop['signal']}" if stop["signal"] else f"run.stop_after={cfg.run.stop_after}"
-                    print(f"stopped at step {step} ({why}); resume with run.resume=auto")
+                    logger.info(f"stopped at step {step} ({why}); resume with run.resume=auto")
                 break
         bar.close()
     finally:
@@ -292,7 +296,7 @@ def train(cfg: TrainConfig) -> dict:
         export(raw_model, opt, cfg, out, rank, fsdp)
     engine.teardown(world)
     if rank == 0:
-        print(f"trained {step - started} steps in this run; {out}")
+        logger.info(f"trained {step - started} steps in this run; {out}")
     return {"out": str(out), "step": step, "finished": step >= o.max_steps,
             "model": str(out / "model.safetensors") if step >= o.max_steps else None,
             "last": {k: v for k, v in logs.items() if isinstance(v, (int, float))}}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,9 @@ from ..logs import setup as setup_logging
 from ..prep import build
 from ..scoring import score
 from . import solvers, tiny_clip, truth, world
+
+logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
+
 
 #: the demo's world. 480 target clips: 216 train (continued pretraining and the probe's training
 #: questions), 48 val, 216 test (a standard error of at most 0.034 on a test accuracy); 240 general
@@ -53,7 +57,7 @@ DEMO_ANCHORS = 11
 
 
 def stage(name: str):
-    print(f"\n== {name} ==", flush=True)
+    logger.info(f"\n== {name} ==")
     return time.perf_counter()
 
 
@@ -67,35 +71,35 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = DEMO_WORLD,
     t = stage("world: synthetic videos + transcripts")
     if not (paths["world"] / "world.json").exists():
         world.make_world(paths["world"], world_cfg)
-    print(f"{paths['world']} ({time.perf_counter() - t:.1f}s)")
+    logger.info(f"{paths['world']} ({time.perf_counter() - t:.1f}s)")
     for domain in ("general", "target"):
         t = stage(f"shards: {domain} domain")
         dst = paths["shards"] / domain
         manifest = build.build(paths["world"] / f"{domain}.jsonl", dst, build_opts, workers=workers, progress=False)
-        print(build.summary(manifest, dst), f"({time.perf_counter() - t:.1f}s)")
+        logger.info(build.summary(manifest, dst), f"({time.perf_counter() - t:.1f}s)")
 
     t = stage("anchors: TF-ICF of the target's train transcripts against the general domain's")
     result = anchors.build_anchors([paths["shards"] / "target"], [paths["shards"] / "general"], k=k, split="train")
     paths["anchors"].write_text(json.dumps(result, indent=1))
-    print(anchors.show(result))
+    logger.info(anchors.show(result))
     found = [w for w in world.PLANTED_WORDS if w in {a["word"] for a in result["anchors"]}]
-    print(f"planted target words recovered: {len(found)}/{len(world.PLANTED_WORDS)} ({time.perf_counter() - t:.1f}s)")
+    logger.info(f"planted target words recovered: {len(found)}/{len(world.PLANTED_WORDS)} ({time.perf_counter() - t:.1f}s)")
 
     t = stage("scorer: fit the tiny CLIP on the world's train clips (no pretrained weights offline)")
     if not (paths["clip"] / "open_clip_config.json").exists():
         tiny_clip.fit(paths["world"], paths["clip"], image_size=build_opts.size, steps=clip_steps)
-    print(f"local-dir:{paths['clip']} ({time.perf_counter() - t:.1f}s)")
+    logger.info(f"local-dir:{paths['clip']} ({time.perf_counter() - t:.1f}s)")
 
     t = stage("scores: every word and patch of the target shards, and the world's ground truth")
     r = score.score_shards(paths["shards"] / "target", paths["scored"], paths["anchors"], f"local-dir:{paths['clip']}",
                            progress=False, **DEMO_SCORE)
     truth.annotate(paths["scored"], paths["truth"], grid=r["scores"]["grid"][0])
-    print(f"{sum(s['samples'] for s in r['shards'])} samples scored -> {paths['scored']}, with ground truth -> "
+    logger.info(f"{sum(s['samples'] for s in r['shards'])} samples scored -> {paths['scored']}, with ground truth -> "
           f"{paths['truth']} ({time.perf_counter() - t:.1f}s)")
 
     t = stage("the test questions: what the inputs alone give away (videomask.demo.solvers)")
     r = solvers.solve(paths["truth"], "test")
-    print(f"{r['n']} test questions, 4 candidates: " + ", ".join(
+    logger.info(f"{r['n']} test questions, 4 candidates: " + ", ".join(
         f"{k} {v:.3f}" for k, v in r.items() if k not in ("n", "split")) + " (the downstream question is read "
         f"with the frames only) ({time.perf_counter() - t:.1f}s)")
 
@@ -108,7 +112,7 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = DEMO_WORLD,
                                  title=f"{sample['key']}: {strategy} masking").savefig(
             paths["pictures"] / f"sample_{strategy}.png", dpi=110)
     inspection.anchors_chart(anchors_json).savefig(paths["pictures"] / "anchors.png", dpi=110)
-    print(f"{paths['pictures']}/sample_difference.png, sample_random.png, sample_oracle.png, anchors.png "
+    logger.info(f"{paths['pictures']}/sample_difference.png, sample_random.png, sample_oracle.png, anchors.png "
           f"({time.perf_counter() - t:.1f}s)")
     return paths
 
@@ -124,7 +128,7 @@ def base(out: Path) -> dict:
     check = out / "base" / "probe_test.json"
     r = json.loads(check.read_text()) if check.exists() else probe_mod.probe(out / "base", out / "shards" / "general",
                                                                              "test")
-    print(f"base model on {r['cloze']['n']} held-out general clips: colour cloze {r['cloze']['accuracy']:.3f} "
+    logger.info(f"base model on {r['cloze']['n']} held-out general clips: colour cloze {r['cloze']['accuracy']:.3f} "
           f"(chance {1 / 6:.3f}), masked words {r['mlm']['accuracy']:.3f} ({time.perf_counter() - t:.1f}s)")
     return r
 
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
     run(a.out, a.workers)
     base(a.out)
     ablation(a.out, a.overrides)
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; outputs in {a.out}")
+    logger.info(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; outputs in {a.out}")
     return 0
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -38,6 +39,9 @@ from PIL import Image
 
 from ..prep.transcripts import read_transcript
 from ..prep.video import open_video, resize_crop
+
+logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
+
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -149,8 +153,8 @@ def fit(world_dir: Path, out: Path, image_size: int = 128, steps: int = 300, bat
         opt.step()
         sched.step()
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"tiny_clip step {step:4d} region {loss_region.item():.3f} sentence {loss_sentence.item():.3f} "
-                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+            logger.info(f"tiny_clip step {step:4d} region {loss_region.item():.3f} sentence {loss_sentence.item():.3f} "
+                  f"({time.perf_counter() - t0:.0f}s)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), out / "open_clip_model.safetensors")
@@ -170,7 +174,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     fit(a.world, a.out, a.image_size, a.steps, a.batch_size, seed=a.seed)
-    print(f"saved: local-dir:{a.out}")
+    logger.info(f"saved: local-dir:{a.out}")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
-from ..files import atomic_write, sha256_of
+from ..errors import DataError, VideomaskError
+from ..files import sha256_of, write_manifest
 from ..scoring.score import read_samples, write_tar
 from .world import PLANTED_WORDS, is_target, object_mask
 
@@ -88,9 +88,8 @@ def annotate(src: Path, out: Path, grid: int = 4) -> dict:
         write_tar(tmp, [(k, annotate_sample(k, m, grid)) for k, m in read_samples(src / s["name"])])
         os.replace(tmp, dst)
         shards.append({**s, "bytes": dst.stat().st_size, "sha256": sha256_of(dst)})
-    result = {**manifest, "shards": shards, "truth_grid": grid, "truth_from": [s["sha256"] for s in manifest["shards"]]}
-    atomic_write(out / "manifest.json", json.dumps(result, indent=1))
-    return result
+    return write_manifest(out, {**manifest, "shards": shards, "truth_grid": grid,
+                                "truth_from": [s["sha256"] for s in manifest["shards"]]})
 
 
 def main(argv=None) -> int:
@@ -101,7 +100,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         r = annotate(a.shards, a.out, a.grid)
-    except (TruthError, FileNotFoundError) as e:
+    except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{sum(s['samples'] for s in r['shards'])} samples with ground truth -> {a.out}")

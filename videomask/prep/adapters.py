@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..errors import ConfigError, DataError, MissingError, VideomaskError
 from .inputs import SPLIT_DIRS
 from .transcripts import read_text
 
@@ -45,7 +46,7 @@ def split_of(path: Path) -> str:
             return SPLIT_DIRS[part]
         if part == "dev":
             return "val"
-    raise ValueError(f"{path}: cannot tell the split from the file name (expected train / val / dev / test in it)")
+    raise DataError(f"{path}: cannot tell the split from the file name (expected train / val / dev / test in it)")
 
 
 def read_jsonl(path: Path):
@@ -72,12 +73,12 @@ def parse_ts(ts) -> tuple[float, float] | None:
     """'76.01-84.2' -> (76.01, 84.2); 'NaN-NaN' (TVQA's unlocalised questions) -> None (the whole clip)."""
     a, sep, b = str(ts).partition("-")
     if not sep:
-        raise ValueError(f"ts {ts!r} is not 'START-END'")
+        raise DataError(f"ts {ts!r} is not 'START-END'")
     start, end = float(a), float(b)
     if math.isnan(start) or math.isnan(end):
         return None
     if not 0 <= start < end:
-        raise ValueError(f"ts {ts!r} is an empty, reversed or negative span")
+        raise DataError(f"ts {ts!r} is an empty, reversed or negative span")
     return start, end
 
 
@@ -158,7 +159,7 @@ def _index(root: Path | None, depth: int, want_dirs: bool, suffix: str = "") -> 
 def tvqa(qa_files, subtitles: Path, frames: Path | None = None, videos: Path | None = None,
          fps: float = TVQA_FPS):
     if (frames is None) == (videos is None):
-        raise ValueError("give the clips as --frames (frames_hq) or as --videos, one of the two")
+        raise ConfigError("give the clips as --frames (frames_hq) or as --videos, one of the two")
     clips = _index(frames, 2, want_dirs=True) if frames else _index(videos, 3, want_dirs=False, suffix=".mp4")
 
     def locate(row):
@@ -190,7 +191,7 @@ def siq2(root: Path):
 
     files = sorted((root / "qa").glob("qa_*.json"))
     if not files:
-        raise FileNotFoundError(f"{root / 'qa'}: no qa_*.json files (the Social-IQ 2.0 layout)")
+        raise MissingError(f"{root / 'qa'}: no qa_*.json files (the Social-IQ 2.0 layout)")
     rows, errors = [], []
     for f in files:
         r, e = qa_rows(f, 4, locate)
@@ -203,7 +204,7 @@ def dsp(root: Path):
     root = Path(root)
     files = [root / f"{s}.jsonl" for s in ("train", "dev", "test") if (root / f"{s}.jsonl").exists()]
     if not files:
-        raise FileNotFoundError(f"{root}: no train.jsonl / dev.jsonl / test.jsonl")
+        raise MissingError(f"{root}: no train.jsonl / dev.jsonl / test.jsonl")
     rows, errors = [], []
     for f in files:
         split = split_of(f)
@@ -264,7 +265,7 @@ def main(argv=None) -> int:
         opts = build.BuildOptions(frames=a.frames_per_clip, size=a.size,
                                   kind="text" if a.dataset == "dsp" else "video")
         m = build.build(manifest, a.out / "shards", opts, workers=a.workers, progress=True)
-    except (ValueError, FileNotFoundError) as e:
+    except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(build.summary(m, a.out / "shards"))

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..files import atomic_write, sha256_of
+from ..errors import ConfigError, VideomaskError
+from ..files import sha256_of, write_manifest
 from .cutting import BuildOptions, process
 from .inputs import discover, partition_of
 
@@ -180,7 +181,7 @@ def build(src: Path, out: Path, opts: BuildOptions = BuildOptions(), workers: in
           partition: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
     """Build the shards; returns the manifest (also written to ``out/manifest.json``)."""
     if not 0 <= partition < num_partitions:
-        raise ValueError(f"--partition {partition} must be in [0, --num-partitions {num_partitions})")
+        raise ConfigError(f"--partition {partition} must be in [0, --num-partitions {num_partitions})")
     src, out = Path(src), Path(out)
     if num_partitions > 1:
         out = out / f"part-{partition:05d}"
@@ -233,17 +234,10 @@ def finish(out: Path, inputs, journal: Journal, opts_id: dict) -> dict:
     counts = {"total": len(inputs) + discover_rejected, "written": len(inputs) - n_rejected_inputs,
               "rejected": n_rejected_inputs + discover_rejected, "partial": len(partial),
               "clips_rejected": sum(1 for e in errors if "clip" in e)}
-    splits = {}
-    for s in journal.shards:
-        d = splits.setdefault(s["split"], {"samples": 0, "shards": 0})
-        d["samples"] += s["samples"]
-        d["shards"] += 1
-    manifest = {"format": "videomask-shards/1", "options": opts_id, "inputs": counts, "splits": splits,
+    manifest = {"format": "videomask-shards/1", "options": opts_id, "inputs": counts, "splits": {},
                 "shards": [{k: s[k] for k in ("name", "split", "samples", "bytes", "sha256")} for s in journal.shards],
                 "errors": len(errors)}
-    atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
-    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
-    return manifest
+    return write_manifest(out, manifest, errors)
 
 
 def merge(out: Path) -> dict:
@@ -276,17 +270,10 @@ def merge(out: Path) -> dict:
             shards.append({**s, "name": name})
         errors += [json.loads(line) for line in (p / "errors.jsonl").read_text().splitlines() if line]
     counts = {k: sum(m["inputs"][k] for m in manifests) for k in manifests[0]["inputs"]}
-    splits = {}
-    for s in shards:
-        d = splits.setdefault(s["split"], {"samples": 0, "shards": 0})
-        d["samples"] += s["samples"]
-        d["shards"] += 1
     options = {k: v for k, v in manifests[0]["options"].items() if k != "partition"}
-    manifest = {"format": "videomask-shards/1", "options": options, "inputs": counts, "splits": splits,
+    manifest = {"format": "videomask-shards/1", "options": options, "inputs": counts, "splits": {},
                 "shards": shards, "errors": len(errors), "merged_from": [p.name for p in parts]}
-    atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
-    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
-    return manifest
+    return write_manifest(out, manifest, errors)
 
 
 def summary(manifest: dict, out: Path) -> str:
@@ -341,7 +328,7 @@ def main(argv=None) -> int:
         opts = BuildOptions(**{k: v for k, v in vars(a).items() if k in opt_names})
         manifest = build(a.input, a.output, opts, a.workers, a.num_partitions, a.partition, a.overwrite,
                          progress=not a.quiet)
-    except (ValueError, FileNotFoundError) as e:
+    except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = a.output / f"part-{a.partition:05d}" if a.num_partitions > 1 else a.output

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from .inputs import Input, sanitize
 from .transcripts import (
     TranscriptError,
@@ -56,7 +57,7 @@ class BuildOptions:
                   "time_tolerance": self.time_tolerance >= 0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid build option {bad[0]}={getattr(self, bad[0])!r}")
+            raise ConfigError(f"invalid build option {bad[0]}={getattr(self, bad[0])!r}")
 
 
 def _err(inp: Input, reason: str, clip: int | None = None, stage="decode") -> dict:

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import DataError, MissingError
 from .transcripts import TRANSCRIPT_EXTS, read_text
 from .video import VIDEO_EXTS
 
@@ -221,9 +222,9 @@ def _window(row: dict) -> tuple[float, float] | None:
     try:  # a start without an end: until the video's end
         start, end = float(start), float("inf") if end in (None, "") else float(end)
     except (TypeError, ValueError):
-        raise ValueError(f"start {start!r} / end {end!r}: both must be numbers (seconds)") from None
+        raise DataError(f"start {start!r} / end {end!r}: both must be numbers (seconds)") from None
     if not 0 <= start < end:
-        raise ValueError(f"window start {start} .. end {end} is empty or negative")
+        raise DataError(f"window start {start} .. end {end} is empty or negative")
     return start, end
 
 
@@ -231,7 +232,7 @@ def discover(src: Path, default_split="train", kind="auto", text_field="text"):
     """All inputs under ``src`` (folder, manifest, or single corpus file), sorted, with unique keys."""
     src = Path(src)
     if not src.exists():
-        raise FileNotFoundError(f"{src}: no such file or folder")
+        raise MissingError(f"{src}: no such file or folder")
     if src.is_dir():
         inputs, errors = scan_folder(src, default_split, kind, text_field)
     elif src.suffix.lower() == ".csv" or (src.suffix.lower() == ".jsonl" and kind != "text" and _is_video_manifest(src)):
@@ -239,7 +240,7 @@ def discover(src: Path, default_split="train", kind="auto", text_field="text"):
     elif src.suffix.lower() in (".txt", ".jsonl"):
         inputs, errors = read_corpus(src, src.parent, default_split, text_field)
     else:
-        raise ValueError(f"{src}: expected a folder, a manifest (.csv/.jsonl) or a text corpus (.txt/.jsonl)")
+        raise DataError(f"{src}: expected a folder, a manifest (.csv/.jsonl) or a text corpus (.txt/.jsonl)")
     # one key per input: clashes after sanitising are rejected, never overwritten
     seen, unique = {}, []
     for inp in inputs:

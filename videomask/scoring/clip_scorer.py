@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 
 def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -58,12 +60,12 @@ class ClipScorer:
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
         except Exception as e:  # open_clip raises RuntimeError / FileNotFoundError / ValueError
-            raise ValueError(f"cannot load CLIP model {name!r} (pretrained={pretrained!r}): {e}") from None
+            raise ConfigError(f"cannot load CLIP model {name!r} (pretrained={pretrained!r}): {e}") from None
         self.model = model.to(self.device).eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         visual = model.visual
         if not hasattr(visual, "transformer") or not hasattr(visual, "_embeds"):
-            raise ValueError(f"{name}: dense patch scores need a ViT image tower (open_clip VisionTransformer)")
+            raise ConfigError(f"{name}: dense patch scores need a ViT image tower (open_clip VisionTransformer)")
         self.identity = model_identity(name, pretrained)
         size = visual.image_size
         self.image_size = size[0] if isinstance(size, (tuple, list)) else size
@@ -76,7 +78,7 @@ class ClipScorer:
             if dense == "auto" else dense
         if self.dense_mode == "maskclip" and not isinstance(visual.transformer.resblocks[-1].attn,
                                                            torch.nn.MultiheadAttention):
-            raise ValueError(f"{name}: MaskCLIP dense features need a standard attention block in the last layer")
+            raise ConfigError(f"{name}: MaskCLIP dense features need a standard attention block in the last layer")
         self._cache: dict[str, torch.Tensor] = {}
         self.cache_hits = self.cache_misses = 0
 
@@ -145,4 +147,4 @@ def aggregate(sims: torch.Tensor, how: str) -> torch.Tensor:
         return sims.mean(dim=-1)
     if how == "min":
         return sims.min(dim=-1).values
-    raise ValueError(f"unknown aggregation {how!r}: choose max, mean or min")
+    raise ConfigError(f"unknown aggregation {how!r}: choose max, mean or min")

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..anchors import read_texts, tokens
+from ..errors import VideomaskError
 
 
 def ngram_counts(docs, max_n: int) -> list[Counter]:
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         docs = [d for t in a.targets for d in read_texts(t)]
-    except (ValueError, FileNotFoundError) as e:
+    except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = pmi_vocabulary(docs, a.max_n, a.min_count, a.top)

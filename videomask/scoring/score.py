@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from .. import anchors as anchors_mod
 from ..data import decode_jpeg, frame_names
-from ..errors import DataError
-from ..files import atomic_write, sha256_of
+from ..errors import DataError, MissingError, VideomaskError
+from ..files import atomic_write, sha256_of, write_manifest
 from .clip_scorer import ClipScorer, aggregate
 
 
@@ -143,7 +143,7 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
     src, out = Path(src), Path(out)
     manifest_path = src / "manifest.json"
     if not manifest_path.exists():
-        raise FileNotFoundError(f"{src}: no manifest.json (is this a folder of videomask shards?)")
+        raise MissingError(f"{src}: no manifest.json (is this a folder of videomask shards?)")
     manifest = json.loads(manifest_path.read_text())
     if not manifest["shards"]:
         raise ScoringError(f"{src}: the manifest lists no shards")
@@ -196,15 +196,8 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
     errors = [json.loads(x) for x in errors_path.read_text().splitlines()] if errors_path.exists() else []
     for s in shards:
         s["samples"] -= sum(1 for e in errors if Path(e["source"]).name == s["name"])
-    splits = {}
-    for s in shards:
-        d = splits.setdefault(s["split"], {"samples": 0, "shards": 0})
-        d["samples"] += s["samples"]
-        d["shards"] += 1
-    result = {**manifest, "shards": shards, "splits": splits, "scores": scorer.info, "scored_from": str(src),
-              "score_errors": len(errors), "anchors": words}
-    atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
-    atomic_write(out / "manifest.json", json.dumps(result, indent=1))
+    result = write_manifest(out, {**manifest, "shards": shards, "scores": scorer.info, "scored_from": str(src),
+                                  "score_errors": len(errors), "anchors": words}, errors)
     cache = scorer.clip
     result["word_cache"] = {"hits": cache.cache_hits, "misses": cache.cache_misses}
     return result
@@ -230,7 +223,7 @@ def main(argv=None) -> int:
     try:
         r = score_shards(a.shards, a.out, a.anchors, a.clip, a.pretrained, a.aggregation, a.image_prompt,
                          a.word_prompt, a.batch_size, a.device, a.rescore, a.overwrite, progress=not a.quiet)
-    except (ValueError, FileNotFoundError) as e:
+    except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     n = sum(s["samples"] for s in r["shards"])
