@@ -32,6 +32,7 @@ import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -344,7 +345,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
     return result
 
 
-def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
+def check_splits(cfg: FinetuneConfig) -> dict:
+    """The three splits' sizes, the training labels (None for mcqa) and the most test candidates, read from
+    the metadata before anything trains or is written; unseen test labels are refused here."""
     if not cfg.shards:
         raise ConfigError("shards is empty: give the shards whose metadata holds the labels or QA fields")
     (n_train, labels, _), (n_val, _, _), (n_test, test_labels, k_test) = (
@@ -353,9 +356,23 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
         unseen = sorted(set(test_labels) - set(labels))
         if unseen:  # said before training, not after an hour of it
             raise DataError(f"{cfg.shards}: test labels {unseen} never occur in the {cfg.train_split!r} split "
-                             f"(known: {', '.join(labels)}); the head cannot predict them")
-    else:
-        labels = None
+                            f"(known: {', '.join(labels)}); the head cannot predict them")
+    return {"samples": {"train": n_train, "val": n_val, "test": n_test},
+            "labels": labels if cfg.task != "mcqa" else None, "k_test": k_test}
+
+
+def write_results(cfg: FinetuneConfig, out: Path, result: dict, best_state: dict, rank: int):
+    """metrics.json, the best head (or model) and the confusion matrix picture, on rank 0."""
+    if rank == 0:
+        torch.save(best_state, out / "best.pt")
+        (out / "metrics.json").write_text(json.dumps(result, indent=1))
+        metrics.confusion_png(result["test"]["confusion"], result["labels"], out / "confusion.png",
+                              f"{cfg.task} ({cfg.mode}): test accuracy {result['test']['accuracy']:.3f}")
+
+
+def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
+    splits = check_splits(cfg)
+    labels = splits["labels"]
     torch.manual_seed(cfg.run.seed)
     model, trainable, tokenizer = build_finetuner(cfg, labels)  # before the run folder: a bad init writes nothing
     out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl", "metrics.json"))
@@ -446,19 +463,15 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
         gold, pred = cached_predict(model, test_feats, device)
     else:
         gold, pred = predict(model, cfg, cfg.test_split, collate, rank, world, device, autocast)
-    n_classes = len(labels) if labels else k_test
-    names = labels or [f"answer {i}" for i in range(n_classes)]
+    n_classes = len(labels) if labels else splits["k_test"]
     result = {"stopped": False, "task": cfg.task, "mode": cfg.mode, "init": cfg.init or "base model",
-              "select": cfg.select, f"best_val_{cfg.select}": best, "test": metrics.scores(gold, pred, n_classes), "labels": names,
-              "history": history, "trainable_parameters": sum(p.numel() for p in params),
-              "samples": {"train": n_train, "val": n_val, "test": n_test}, "processes": world,
+              "select": cfg.select, f"best_val_{cfg.select}": best, "test": metrics.scores(gold, pred, n_classes),
+              "labels": labels or [f"answer {i}" for i in range(n_classes)], "history": history,
+              "trainable_parameters": sum(p.numel() for p in params), "samples": splits["samples"],
+              "processes": world,
               # per question, in the shards' order: what paired comparisons across models resample
               "test_predictions": {"gold": list(map(int, gold)), "pred": list(map(int, pred))}}
-    if rank == 0:
-        torch.save(best_state, out / "best.pt")
-        (out / "metrics.json").write_text(json.dumps(result, indent=1))
-        metrics.confusion_png(result["test"]["confusion"], names, out / "confusion.png",
-                              f"{cfg.task} ({cfg.mode}): test accuracy {result['test']['accuracy']:.3f}")
+    write_results(cfg, out, result, best_state, rank)
     return result
 
 

@@ -119,6 +119,30 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
+def make_optimizer(model, cfg: TrainConfig):
+    """AdamW (no weight decay on biases and norms) and its warm-up + decay schedule."""
+    o = cfg.optim
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay,
+                            "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+
+
+def resume(raw_model, opt, sched, cfg: TrainConfig, out: Path, fsdp: bool, rank: int) -> tuple[int, int, int]:
+    """With ``run.resume=auto`` and a checkpoint in ``out``: its weights, optimizer, schedule and RNG state.
+    Returns (step, epoch, batches already trained in that epoch); zeros for a fresh run."""
+    if cfg.run.resume != "auto" or not (out / CKPT).exists():
+        return 0, 0, 0
+    state = engine.read_checkpoint(out / CKPT, cfg)
+    engine.load_full_state(raw_model, opt, state, fsdp)
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if rank == 0:
+        logger.info(f"resumed from {out / CKPT} at step {state['step']}")
+    return state["step"], state["epoch"], state["batch_in_epoch"]
+
+
 @torch.no_grad()
 def validate(model, loader, device, autocast, max_batches: int) -> dict:
     model.eval()
@@ -178,22 +202,9 @@ def train(cfg: TrainConfig) -> dict:
     fsdp = world > 1 and cfg.run.parallel == "fsdp"
     model = engine.wrap(model, world, device, cfg.run.parallel, find_unused=cfg.model.kind == "video")
     raw_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt, sched = make_optimizer(model, cfg)  # after wrapping: FSDP replaces the parameters by sharded ones
+    step, epoch, skip = resume(raw_model, opt, sched, cfg, out, fsdp, rank)
     o = cfg.optim
-    # created after wrapping: FSDP replaces the parameters by sharded ones
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay,
-                            "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    step = epoch = skip = 0
-    if cfg.run.resume == "auto" and (out / CKPT).exists():
-        state = engine.read_checkpoint(out / CKPT, cfg)
-        engine.load_full_state(raw_model, opt, state, fsdp)
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
-        if rank == 0:
-            logger.info(f"resumed from {out / CKPT} at step {step}")
     autocast = engine.autocast(cfg.run, device)
 
     stop, logs = {"signal": None}, {}
