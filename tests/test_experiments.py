@@ -1,5 +1,6 @@
 import csv
 import json
+import logging
 
 import pytest
 
@@ -48,9 +49,16 @@ def test_harness_table_picture_and_resume(scored_shards, tiny_shards, tiny_ancho
     metrics = {r["cell"]: out / "cells" / r["cell"] / "finetune" / "metrics.json" for r in rows}
     stamps = {c: p.stat().st_mtime_ns for c, p in metrics.items()}
     metrics["random_s0"].unlink()
+    vm = logging.getLogger("videomask")  # the CLI's setup stops propagation: listen on its logger itself
+    vm.addHandler(caplog.handler)
+    propagate, vm.propagate = vm.propagate, False  # once, whatever an earlier test's CLI set
     caplog.set_level("INFO", logger="videomask")
     caplog.clear()
-    again = experiments.run(cfg)
+    try:
+        again = experiments.run(cfg)
+    finally:
+        vm.removeHandler(caplog.handler)
+        vm.propagate = propagate
     log = caplog.text
     assert log.count("finished earlier: skipped") == 2 and "[random_s0] fine-tuning" in log
     assert all(metrics[c].stat().st_mtime_ns == stamps[c] for c in metrics if c != "random_s0")

@@ -45,6 +45,7 @@ def setup(verbosity: int = 0):
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level)
+    logger.propagate = False  # a library that configured the root logger would print every line twice
     quiet_third_party(verbosity)
 
 
