@@ -411,7 +411,3 @@ class MaskingConfig:
                                        f"{self.random_prob}")
         if self.text_mode not in ("rank", "topk") or self.patch_mode not in ("rank", "topk"):
             raise MaskingError("text_mode and patch_mode must be 'rank' or 'topk'")
-
-    @property
-    def needs_scores(self) -> bool:
-        return "scores" in needs(self.strategy)
