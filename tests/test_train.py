@@ -265,3 +265,15 @@ def test_no_hugging_face_load_report_by_default(scored_shards, tiny_anchors, tmp
     assert r.returncode == 0, r.stderr[-2000:]
     for noise in ("MISSING", "UNEXPECTED", "were not initialized", "newly initialized"):
         assert noise not in r.stderr + r.stdout, noise
+
+
+def test_cached_samples_train_the_same_weights(scored_shards, tiny_anchors, tmp_path):
+    # several epochs (the split is a few clips): the cache replays epoch 1's samples, masks are drawn per epoch
+    args = ["optim.max_steps=6", "data.batch_size=2"]
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "plain", *args)) == 0
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "cached", *args, "data.cache=true")) == 0
+    a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "cached" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert max(x["epoch"] for x in metrics(tmp_path / "cached")) >= 1
+    with pytest.raises(ConfigError, match="data.cache"):
+        load_config([], ["data.cache=true", "data.workers=1"])

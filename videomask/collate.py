@@ -164,7 +164,7 @@ class MaskingCollator:
         inputs, labels = apply_mlm(enc["input_ids"], mask, self.tokenizer, gens, cfg.mask_prob, cfg.random_prob)
         out = {"input_ids": inputs, "attention_mask": enc["attention_mask"], "labels": labels, "text_mask": mask}
         if all("word_truth" in s["meta"] for s in samples):  # diagnostics: which tokens are truly domain-specific
-            wt = self._word_values(samples, n_words, "word_truth")
+            wt = w_scores if source == "truth" else self._word_values(samples, n_words, "word_truth")
             out["truth_tokens"] = (torch.gather(wt, 1, word_ids.clamp(min=0)) > 0) & (word_ids >= 0)
         return out
 
@@ -229,8 +229,11 @@ class MaskingCollator:
         out = {"frames": frames, "frame_valid": frame_valid, "patch_mask": patch_mask}
         if all(has) and all(s.get("patch_truth") is not None and s["patch_truth"].shape[0] == T for s in samples):
             # diagnostics: how much of the truly domain-specific area each patch holds
-            raw = torch.from_numpy(np.stack([s["patch_truth"] for s in samples]).astype(np.float32))
-            out["patch_truth"] = resample_grid(raw.flatten(0, 1), grid).view(len(samples), T, *grid)
+            if key == "patch_truth":  # the oracle already ranked by it
+                out["patch_truth"] = scores
+            else:
+                raw = torch.from_numpy(np.stack([s["patch_truth"] for s in samples]).astype(np.float32))
+                out["patch_truth"] = resample_grid(raw.flatten(0, 1), grid).view(len(samples), T, *grid)
         return out
 
     def __call__(self, samples: list[dict]) -> dict:
