@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from videomask import anchors
+from videomask import anchors, errors
 from videomask.demo import world
 
 
@@ -116,3 +116,22 @@ def test_planted_words_are_recovered_from_the_synthetic_world(text_world, tiny_s
     assert len(found) >= 0.8 * len(world.PLANTED_WORDS), (found, top)
     # and the planted words lead: most of the top |planted| are planted words
     assert len(set(top[: len(world.PLANTED_WORDS)]) & set(world.PLANTED_WORDS)) >= 6
+
+
+def test_log_odds_known_answer():
+    # Monroe et al. (2008) eq. 22/24 by hand: y_T=10 of n_T=100, y_R=5 of n_R=1000, a_w=1, a_0=10
+    # delta = ln(11/99) - ln(6/1004) = 2.92277; var = 1/11 + 1/6; z = 5.7590
+    assert anchors.log_odds_z(10, 100, 5, 1000, 1, 10) == pytest.approx(5.7590, abs=1e-4)
+    assert anchors.log_odds_z(5, 1000, 10, 100, 1, 10) < 0  # under-represented: negative
+
+
+def test_log_odds_prefers_sure_differences_over_frequent_general_words(tmp_path):
+    # "set" is frequent in both corpora (a little more in the target); "lattice" is the target's own word
+    t = write(tmp_path, "t.txt", "\n".join(["set the value"] * 30 + ["lattice glyph forms"] * 8 + ["other words"] * 60))
+    r = write(tmp_path, "r.txt", "\n".join(["set the table"] * 200 + ["other words here"] * 800 + ["glyph"]))
+    lo = [a["word"] for a in anchors.build_anchors([t], [r], k=3, min_count=3, method="logodds")["anchors"]]
+    tf = [a["word"] for a in anchors.build_anchors([t], [r], k=3, min_count=3, method="tficf")["anchors"]]
+    assert set(lo) == {"lattice", "glyph", "forms"}  # the target's own words; "set" is not sure enough
+    assert "set" in tf  # TF-ICF lets the frequent general word in
+    with pytest.raises(errors.DataError, match="unknown anchor method"):
+        anchors.compute(anchors.count(["lattice lattice lattice"]), anchors.Reference([r]), method="tf-idf")
