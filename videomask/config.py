@@ -33,7 +33,8 @@ class DataConfig:
     anchors: str = ""  # anchors.json: the scores in the shards must come from these anchors
     ngrams: str = ""  # masking.strategy=pmi: the n-gram vocabulary (python -m videomask.scoring.pmi CORPUS --out)
     batch_size: int = 8  # per process
-    max_text_len: int = 128  # tokens per transcript (longer ones are cut)
+    max_text_len: int = 128  # tokens per transcript (longer video transcripts are cut; text-only documents windowed)
+    window_stride: int = 32  # tokens shared by consecutive windows of a long text-only document
     workers: int = 0  # DataLoader worker processes
     shuffle: int = 0  # shuffle buffer (samples); 0 = shard order
     resampled: bool = False  # draw shards with replacement (multi-node): no epochs, never runs dry
@@ -41,8 +42,9 @@ class DataConfig:
     cache: bool = False  # keep the decoded samples in memory after the first epoch (small data; workers=0)
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_text_len < 8 or self.workers < 0 or self.shuffle < 0:
-            raise ConfigError("data.batch_size >= 1, data.max_text_len >= 8, data.workers and data.shuffle >= 0")
+        if self.batch_size < 1 or self.max_text_len < 8 or self.workers < 0 or self.shuffle < 0 or self.window_stride < 0:
+            raise ConfigError("data.batch_size >= 1, data.max_text_len >= 8, data.workers, data.shuffle and "
+                              "data.window_stride >= 0")
         if self.cache and (self.workers or self.resampled or self.shuffle):
             raise ConfigError("data.cache keeps one process's samples in shard order: it needs data.workers=0, "
                               "data.resampled=false and data.shuffle=0")

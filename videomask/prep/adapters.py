@@ -25,6 +25,7 @@ is then built into ``OUT/shards`` (``videomask.prep.build``; its own ``errors.js
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -199,12 +200,20 @@ def siq2(root: Path):
     return rows, errors
 
 
-def dsp(root: Path):
-    """Don't Stop Pretraining's text classification files: train / dev / test .jsonl."""
+def dsp(root: Path, dev_from_train: float = 0.0):
+    """Don't Stop Pretraining's text classification files: train / dev / test .jsonl. A folder without
+    ``dev.jsonl`` is refused, unless ``dev_from_train`` > 0: then that share of ``train.jsonl``'s lines (chosen
+    by a stable hash of their text) becomes the dev split."""
     root = Path(root)
     files = [root / f"{s}.jsonl" for s in ("train", "dev", "test") if (root / f"{s}.jsonl").exists()]
     if not files:
         raise MissingError(f"{root}: no train.jsonl / dev.jsonl / test.jsonl")
+    missing = [f"{s}.jsonl" for s in ("train", "test") if not (root / f"{s}.jsonl").exists()]
+    if not (root / "dev.jsonl").exists() and not dev_from_train:
+        missing.append("dev.jsonl (or split one from train: dev_from_train=0.1)")
+    if missing:
+        raise MissingError(f"{root}: no {', '.join(missing)}; a task folder holds train.jsonl, dev.jsonl and "
+                           "test.jsonl, each line a JSON object with 'text' and 'label'")
     rows, errors = [], []
     for f in files:
         split = split_of(f)
@@ -220,7 +229,11 @@ def dsp(root: Path):
             if not isinstance(row["text"], str):
                 errors.append(_error(f, n, "text is not a string", "text"))
                 continue
-            rows.append({"id": f"{split}_{n}", "split": split, "text": row["text"], "label": str(row["label"]),
+            row_split = split
+            if split == "train" and dev_from_train and not (root / "dev.jsonl").exists():
+                u = int(hashlib.sha256(row["text"].encode()).hexdigest()[:8], 16) / 2 ** 32
+                row_split = "val" if u < dev_from_train else "train"
+            rows.append({"id": f"{split}_{n}", "split": row_split, "text": row["text"], "label": str(row["label"]),
                          **({"metadata": row["metadata"]} if "metadata" in row else {})})
     return rows, errors
 

@@ -49,7 +49,33 @@ def model_identity(name: str, pretrained: str | None) -> str:
     return f"{name}|{path.name}|sha256:{h.hexdigest()[:16]}"
 
 
-class ClipScorer:
+class WordCache:
+    """``encode_words`` over a subclass's ``encode_texts``: each word embedded alone (lowercased, never truncated
+    by the context of a whole transcript), cached per (prompt, word). Subclasses set ``dim``."""
+
+    dim: int
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_words(self, words: list[str], prompt: str = "{}") -> torch.Tensor:
+        """[n, D] embeddings of single words."""
+        if not hasattr(self, "_cache"):
+            self._cache: dict[tuple[str, str], torch.Tensor] = {}
+            self.cache_hits = self.cache_misses = 0
+        keys = [(prompt, w.lower()) for w in words]
+        new = sorted({k for k in keys if k not in self._cache})
+        self.cache_misses += len(new)
+        self.cache_hits += len(keys) - len(new)
+        if new:
+            for k, e in zip(new, self.encode_texts([p.format(w) for p, w in new])):
+                self._cache[k] = e
+        if not keys:
+            return torch.empty(0, self.dim)
+        return torch.stack([self._cache[k] for k in keys])
+
+
+class ClipScorer(WordCache):
     """Word and patch embeddings of one open_clip model, L2-normalised, with a per-word cache."""
 
     def __init__(self, name: str, pretrained: str | None = None, device: str = "auto", dense: str = "auto"):
@@ -79,7 +105,8 @@ class ClipScorer:
         if self.dense_mode == "maskclip" and not isinstance(visual.transformer.resblocks[-1].attn,
                                                            torch.nn.MultiheadAttention):
             raise ConfigError(f"{name}: MaskCLIP dense features need a standard attention block in the last layer")
-        self._cache: dict[str, torch.Tensor] = {}
+        self.dim = getattr(visual, "output_dim", None) or model.text_projection.shape[-1]  # the joint space
+        self._cache: dict[tuple[str, str], torch.Tensor] = {}
         self.cache_hits = self.cache_misses = 0
 
     def _autocast(self):
@@ -94,21 +121,7 @@ class ClipScorer:
             tok = self.tokenizer(texts[i:i + 256]).to(self.device)
             with self._autocast():
                 out.append(F.normalize(self.model.encode_text(tok).float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, self.model.text_projection.shape[-1])
-
-    def encode_words(self, words: list[str], prompt: str = "{}") -> torch.Tensor:
-        """[n, D] embeddings of single words (lowercased), each embedded alone: never truncated by the
-        77-token context of a whole transcript. Cached per (prompt, word)."""
-        keys = [(prompt, w.lower()) for w in words]
-        new = sorted({k for k in keys if k not in self._cache})
-        self.cache_misses += len(new)
-        self.cache_hits += len(keys) - len(new)
-        if new:
-            for k, e in zip(new, self.encode_texts([p.format(w) for p, w in new])):
-                self._cache[k] = e
-        if not keys:
-            return torch.empty(0, self.model.text_projection.shape[-1])
-        return torch.stack([self._cache[k] for k in keys])
+        return torch.cat(out) if out else torch.empty(0, self.dim)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, S, S] -> normalised float [N, 3, image_size, image_size] on the device."""

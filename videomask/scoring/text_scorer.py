@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..model import OFFLINE_TEXT, resolve_hf
-from .clip_scorer import pick_device
+from .clip_scorer import WordCache, pick_device
 
 POOLINGS = ("auto", "pooler", "mean", "cls")
 
@@ -51,7 +51,7 @@ def sentence_transformers_layout(path: Path) -> tuple[Path, str | None]:
     return folder, mode
 
 
-class TextEncoderScorer:
+class TextEncoderScorer(WordCache):
     """Single-word embeddings of one text encoder, L2-normalised, with a per-word cache."""
 
     def __init__(self, name: str = OFFLINE_TEXT, pooling: str = "auto", device: str = "auto", max_length: int = 32):
@@ -101,19 +101,6 @@ class TextEncoderScorer:
                 e = (o.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1)
             out.append(F.normalize(e.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.empty(0, self.dim)
-
-    def encode_words(self, words: list[str], prompt: str = "{}") -> torch.Tensor:
-        """[n, D] embeddings of single words (lowercased), each embedded alone. Cached per (prompt, word)."""
-        keys = [(prompt, w.lower()) for w in words]
-        new = sorted({k for k in keys if k not in self._cache})
-        self.cache_misses += len(new)
-        self.cache_hits += len(keys) - len(new)
-        if new:
-            for k, e in zip(new, self.encode_texts([p.format(w) for p, w in new])):
-                self._cache[k] = e
-        if not keys:
-            return torch.empty(0, self.dim)
-        return torch.stack([self._cache[k] for k in keys])
 
 
 def _weights_id(folder: Path) -> str:
