@@ -91,6 +91,21 @@ def test_text_corpora(tmp_path):
     assert m["inputs"]["total"] == 4 and m["inputs"]["written"] == 3 and m["inputs"]["rejected"] == 1
 
 
+def test_corpus_lines_in_another_encoding(tmp_path):
+    (tmp_path / "c").mkdir()
+    # UTF-8, but line 2 pasted from a Latin-1 file: reported with its line, the rest kept as UTF-8
+    (tmp_path / "c" / "mixed.txt").write_bytes("naïve kinase\n".encode() + "café au lait\n".encode("latin-1")
+                                             + "the agonist binds\n".encode())
+    # a whole file in cp1252: decoded with the detected encoding, nothing lost
+    (tmp_path / "c" / "legacy.txt").write_bytes("it’s a “quoted” déjà vu\nsecond line here\n".encode("cp1252"))
+    m = build.build(tmp_path / "c", tmp_path / "out", BuildOptions(), progress=False)
+    texts = sorted(s["text"] for s in samples_of(tmp_path / "out"))
+    assert texts == sorted(["naïve kinase", "the agonist binds", "it’s a “quoted” déjà vu", "second line here"])
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert [e["source"].rsplit("/", 1)[1] for e in errors] == ["mixed.txt:2"] and "not UTF-8" in errors[0]["reason"]
+    assert m["inputs"]["written"] == 4 and m["inputs"]["rejected"] == 1
+
+
 @pytest.fixture(scope="module")
 def bad_folder(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")

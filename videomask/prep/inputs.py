@@ -118,16 +118,41 @@ def scan_folder(root: Path, default_split: str, kind: str, text_field: str):
     return inputs, errors
 
 
+def corpus_lines(path: Path) -> tuple[list[str | None], list[tuple[int, str]]]:
+    """The lines of a corpus file, and the lines that could not be read. A UTF-8 file with a few lines in
+    another encoding (a copy-paste from a legacy file) keeps its UTF-8 lines and reports the others
+    (None in their place: line numbers stay true); a file where no line is UTF-8 beyond ASCII is in a
+    legacy encoding and is decoded whole with the detected one (``read_text``)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8").splitlines(), []
+    except UnicodeDecodeError:
+        pass
+    lines, bad, utf8_beyond_ascii = [], [], False
+    for n, chunk in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(chunk.decode("utf-8"))
+            utf8_beyond_ascii |= not chunk.isascii()
+        except UnicodeDecodeError as e:
+            lines.append(None)
+            bad.append((n, f"not UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1}); line skipped, "
+                           "the rest of the file kept"))
+    if not utf8_beyond_ascii:  # no line shows UTF-8 beyond ASCII: the whole file is in a legacy encoding
+        return read_text(path).splitlines(), []
+    return lines, bad
+
+
 def read_corpus(path: Path, root: Path, split: str, text_field: str):
     """A text corpus: one document per non-empty line (.txt), or per JSON line with ``text_field``."""
     inputs, errors = [], []
     rel = path.relative_to(root).with_suffix("").as_posix() if root in path.parents else path.stem
     try:
-        lines = read_text(path).splitlines()
+        lines, bad = corpus_lines(path)
     except (ValueError, OSError) as e:
         return [], [_error(path, str(e))]
+    errors += [_error(f"{path}:{n}", reason) for n, reason in bad]
     for n, line in enumerate(lines, 1):
-        if not line.strip():
+        if line is None or not line.strip():
             continue
         extra = {}
         if path.suffix.lower() == ".jsonl":

@@ -208,8 +208,9 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
     state_path = out / ".score.json"
     if state_path.exists():
         old = json.loads(state_path.read_text())
-        if old != state_id:
-            diff = sorted(k for k in set(old) | set(state_id) if old.get(k) != state_id.get(k))
+        # the inputs are identified by their shards' sha256, not their path: a moved folder is the same input
+        diff = sorted(k for k in set(old) | set(state_id) if k != "input" and old.get(k) != state_id.get(k))
+        if diff:
             raise ScoringError(f"{out} holds scores made with other settings ({', '.join(diff)} differ: another "
                                "anchors file or CLIP model?); pass --overwrite to score again")
     else:
