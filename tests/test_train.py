@@ -49,8 +49,10 @@ def test_tiny_model_overfits_one_batch(scored_shards):
     assert float(r["loss_patch"]) < 0.7 * first["loss_patch"]
 
 
-def test_resume_gives_the_same_weights(scored_shards, tiny_anchors, tmp_path):
-    args = ["optim.max_steps=6", "optim.warmup_steps=2"]
+@pytest.mark.parametrize("dropout", ["0.0", "0.1"])
+def test_resume_gives_the_same_weights(scored_shards, tiny_anchors, tmp_path, dropout):
+    # at the default dropout (0.1) too: a resume restores the RNG, and nothing may draw from it before the step
+    args = ["optim.max_steps=6", "optim.warmup_steps=2", f"model.dropout={dropout}"]
     assert train_main(common(scored_shards, tiny_anchors, tmp_path / "a", *args)) == 0
     assert train_main(common(scored_shards, tiny_anchors, tmp_path / "b", *args, "run.stop_after=3")) == 0
     assert json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
@@ -118,7 +120,9 @@ def test_config_errors_name_the_key(tmp_path):
     for override, match in [("optim.lrr=1", "optim.lrr"), ("optim.lr=abc", "optim.lr"),
                             ("model.preset=huge", "unknown model preset 'huge'"),
                             ("masking.strategy=nope", "unknown masking strategy 'nope'"),
-                            ("optim.schedule=step", "optim.schedule")]:
+                            ("optim.schedule=step", "optim.schedule"), ("run.log_every=0", "run.log_every=0"),
+                            ("run.device=banana", "run.device"), ("run.save_every=-1", "run.save_every=-1"),
+                            ("optim.clip=-1", "optim.clip"), ("run.val_batches=-1", "run.val_batches=-1")]:
         with pytest.raises(ConfigError, match=match):
             load_config([], [override])
     (tmp_path / "x.yaml").write_text("model:\n  layerz: 3\n")

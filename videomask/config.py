@@ -68,6 +68,9 @@ class OptimConfig:
     def __post_init__(self):
         if self.lr <= 0 or self.max_steps < 1 or self.grad_accum < 1 or self.warmup_steps < 0:
             raise ConfigError("optim.lr > 0, optim.max_steps >= 1, optim.grad_accum >= 1, optim.warmup_steps >= 0")
+        if self.clip < 0 or self.weight_decay < 0 or not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1 or self.eps <= 0:
+            raise ConfigError("optim.clip >= 0 (0: off), optim.weight_decay >= 0, optim.beta1 and optim.beta2 in "
+                              "[0, 1), optim.eps > 0")
         if self.schedule not in ("linear", "cosine"):
             raise ConfigError(f"optim.schedule must be 'linear' or 'cosine', got {self.schedule!r}")
 
@@ -94,6 +97,14 @@ class RunConfig:
             raise ConfigError(f"run.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.resume not in ("", "auto"):
             raise ConfigError(f"run.resume must be '' or 'auto', got {self.resume!r}")
+        bad = [f"run.{k}={getattr(self, k)}" for k, least in (("log_every", 1), ("val_every", 0), ("val_batches", 1),
+                                                              ("save_every", 0), ("stop_after", 0))
+               if getattr(self, k) < least]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: log_every and val_batches must be >= 1; val_every, save_every and "
+                              "stop_after >= 0 (0: off)")
+        if not (self.device in ("auto", "cpu", "mps") or self.device.split(":")[0] == "cuda"):
+            raise ConfigError(f"run.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 @dataclass

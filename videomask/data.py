@@ -149,7 +149,8 @@ def to_sample(sample: dict, frames: bool = True) -> dict:
 
 
 def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle: int = 0, seed: int = 0,
-            handler: ErrorCounter | None = None, split_by_node: bool = True, frames: bool = True) -> wds.DataPipeline:
+            handler: ErrorCounter | None = None, split_by_node: bool = True, frames: bool = True,
+            shuffle_initial: int = 0) -> wds.DataPipeline:
     """The sample pipeline over ``path`` (see ``shard_urls``).
 
     ``resampled=True`` draws shards with replacement forever (multi-node training: every rank
@@ -164,7 +165,8 @@ def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle:
         stages.append(wds.split_by_worker)
     stages.append(wds.tarfile_to_samples(handler=handler))
     if shuffle:
-        stages.append(wds.shuffle(shuffle, seed=seed))  # seeded: the same order on a rerun
+        # seeded: the same order on a rerun; ``shuffle_initial``: samples buffered before the first is drawn
+        stages.append(wds.shuffle(shuffle, initial=shuffle_initial or 100, seed=seed))
     stages += [wds.map(safe_decode, handler=handler), wds.map(partial(to_sample, frames=frames), handler=handler)]
     pipe = wds.DataPipeline(*stages)
     pipe.errors = handler

@@ -76,6 +76,9 @@ class FinetuneConfig:
     # alone must answer: a question the transcript gives away measures reading, not the domain)
     context: str = "transcript"
     lr: float = 1e-3  # learning rate (AdamW)
+    # mode full: the new head's learning rate (0: lr). A head trained from scratch at an encoder's fine-tuning
+    # rate (5e-5) learns too slowly in a short run: it predicted the majority class only (see finetune_text.yaml)
+    head_lr: float = 0.0
     weight_decay: float = 0.0  # AdamW weight decay
     epochs: int = 20  # most epochs
     patience: int = 5  # epochs without a better validation score before stopping
@@ -92,8 +95,8 @@ class FinetuneConfig:
             raise ConfigError(f"context must be transcript or none, got {self.context!r}")
         if self.select not in ("accuracy", "macro_f1", "micro_f1"):
             raise ConfigError(f"select must be accuracy, macro_f1 or micro_f1, got {self.select!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.patience < 1:
-            raise ConfigError("epochs, batch_size, patience >= 1 and lr > 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.patience < 1 or self.head_lr < 0:
+            raise ConfigError("epochs, batch_size, patience >= 1, lr > 0 and head_lr >= 0")
         if self.run.parallel != "ddp":
             raise ConfigError("fine-tuning runs with run.parallel=ddp (the encoders fit one device)")
 
@@ -258,8 +261,10 @@ def split_info(cfg: FinetuneConfig, split: str) -> tuple[int, list[str], int]:
 def stream(cfg: FinetuneConfig, split: str, collate, rank: int, world: int, seed: int | None = None):
     """Batches of this process's samples (sample i goes to process i % world), with their indices.
     ``seed``: shuffled (a buffer of 1000 samples, seeded, so each epoch has its own order)."""
+    # the whole buffer filled before the first draw: a split stored in label order (many releases are) would
+    # otherwise reach the model one class at a time, and a short fine-tuning learns the majority class only
     pipe = data.dataset(cfg.shards, split, frames=cfg.task != "text_cls", split_by_node=False,
-                        shuffle=1000 if seed is not None else 0, seed=seed or 0,
+                        shuffle=1000 if seed is not None else 0, shuffle_initial=1000, seed=seed or 0,
                         handler=data.ErrorCounter(strict=True))
     pipe.append(enumerate)  # the sample's index in the split, before the split across processes
     pipe.append(engine.split_samples(rank, world))
@@ -384,7 +389,10 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
     out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl", "metrics.json"))
     model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head = {id(p) for p in model.head.parameters()}
+    groups = [{"params": [p for p in params if id(p) in head], "lr": cfg.head_lr or cfg.lr},
+              {"params": [p for p in params if id(p) not in head], "lr": cfg.lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     collate = Collate(cfg, tokenizer, labels)
     autocast = engine.autocast(cfg.run, device)
     cached = cfg.mode == "probe" and cfg.cache_features

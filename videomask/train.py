@@ -56,7 +56,10 @@ def make_loader(cfg: TrainConfig, folder: str, split: str, collate, rank: int, w
     if cfg.data.cache:  # decoded samples kept after the first pass; masks are still drawn per epoch in collate
         pipe = wds.DataPipeline(data.Cached(pipe))
     pipe.append(wds.batched(cfg.data.batch_size, collation_fn=collate, partial=not train))
-    loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.data.workers)
+    # its own generator: making an iterator draws a base seed from it, and from the global RNG without one, which
+    # would shift dropout after a resume (the checkpoint restores the global RNG before the loop makes one)
+    loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.data.workers,
+                                         generator=torch.Generator().manual_seed(cfg.run.seed))
     loader.windows = windows  # its counts (in this process; with workers, each worker counts its own)
     return loader
 

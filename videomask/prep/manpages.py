@@ -115,11 +115,10 @@ def split_of(page: str) -> str:
 
 
 def sample(rows: list[dict], n: int) -> list[dict]:
-    """At most ``n`` rows, chosen by a stable hash of their text (0: all), in their original order."""
-    if not n or len(rows) <= n:
-        return rows
-    keep = set(sorted(range(len(rows)), key=lambda i: hashlib.sha256(rows[i]["text"].encode()).hexdigest())[:n])
-    return [r for i, r in enumerate(rows) if i in keep]
+    """At most ``n`` rows (0: all), chosen and ordered by a stable hash of their text: the pages are read
+    section by section, and a file sorted by label would reach a streaming trainer one class at a time."""
+    order = sorted(rows, key=lambda r: hashlib.sha256(f"{r['page']}|{r['text']}".encode()).hexdigest())
+    return order[:n] if n else order
 
 
 def build(out: Path, root: Path = Path("/usr/share/man"), sections=("1", "5", "8"), exclude=EXCLUDE,
