@@ -357,3 +357,13 @@ def test_csv_manifest_with_annotations_and_bad_rows(tiny_world, tmp_path):
     assert "m.csv:3" in errors and "answer_idx 'one' is not an integer" in errors
     assert "m.csv:4" in errors and "neither a 'video' path" in errors
     assert m["inputs"]["total"] == 3 and m["inputs"]["written"] == 1
+
+
+def test_unicode_file_names_keep_distinct_keys(tmp_path):
+    (tmp_path / "c").mkdir()
+    for name in ("视频", "音频", "café"):
+        (tmp_path / "c" / f"{name}.txt").write_text(f"the {name} document\n")
+    m = build.build(tmp_path / "c", tmp_path / "out", BuildOptions(), progress=False)
+    keys = sorted(s["key"] for s in samples_of(tmp_path / "out"))
+    assert m["inputs"]["written"] == 3 and m["inputs"]["rejected"] == 0
+    assert len(set(keys)) == 3 and any(k.startswith("视频") for k in keys) and any(k.startswith("音频") for k in keys)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +47,10 @@ class Input:
 
 
 def sanitize(name: str) -> str:
-    """A webdataset-safe key: no dots (the key/extension separator), no slashes."""
-    return re.sub(r"[^A-Za-z0-9_\-]", "_", name)
+    """A webdataset-safe key: no dots (the key/extension separator), no slashes. Letters and digits of any
+    script are kept (NFC-normalised): ``视频.mp4`` and ``音频.mp4`` keep two keys, where ASCII-only keys
+    made both ``__``; ASCII names get the same keys as before."""
+    return re.sub(r"[^\w\-]", "_", unicodedata.normalize("NFC", name))
 
 
 def partition_of(input_id: str, num_partitions: int) -> int:
