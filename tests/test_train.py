@@ -142,6 +142,8 @@ def test_bad_inputs(scored_shards, tiny_shards, tiny_anchors, tmp_path):
         (common(scored_shards, other, tmp_path / "r1", "optim.max_steps=1"), "configured anchors are"),
         (common(tiny_shards["target"], tiny_anchors, tmp_path / "r2", "optim.max_steps=1"), "needs scores"),
         (common(tmp_path / "empty", tiny_anchors, tmp_path / "r3", "optim.max_steps=1"), "no shards found"),
+        # the tiny preset has 256 text positions: named, not an index error deep in the embeddings
+        (common(scored_shards, tiny_anchors, tmp_path / "r4", "data.max_text_len=300"), "more than the model's 255"),
     ]
     (tmp_path / "empty").mkdir()
     for argv, match in cases:

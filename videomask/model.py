@@ -111,6 +111,21 @@ def build_text(cfg: ModelConfig, vocab_size: int, source: Path | None = None):
                                       attention_probs_dropout_prob=cfg.dropout))
 
 
+def text_positions(cfg: ModelConfig) -> int:
+    """The most text tokens the model of ``cfg`` takes: its position embeddings, less RoBERTa's offset and,
+    in the merged model, the position reserved for visual tokens. From the config alone (nothing built)."""
+    if cfg.text:
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(resolve_hf(cfg.text))
+        n, kind, pad = c.max_position_embeddings, getattr(c, "model_type", ""), c.pad_token_id or 0
+    else:
+        n, kind, pad = cfg.max_positions, "bert", 0
+    if kind in ("roberta", "xlm-roberta", "camembert"):
+        n -= pad + 1
+    return n - 1 if cfg.kind == "video" else n
+
+
 def build_vision(cfg: ModelConfig, source: Path | None = None):
     """open_clip's ViT of ``cfg``; with ``source`` (an exported run holding ``vision/``) its architecture, no weights."""
     import open_clip

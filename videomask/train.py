@@ -32,7 +32,7 @@ from . import data, engine, masking
 from .collate import MaskingCollator
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
 from .engine import all_ranks_true, to_device
-from .model import build_model, check_init, export_hf, load_tokenizer
+from .model import build_model, check_init, export_hf, load_tokenizer, text_positions
 
 logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
 
@@ -191,6 +191,10 @@ def train(cfg: TrainConfig) -> dict:
     # everything that can be refused is checked before the run folder exists: a refused start leaves
     # nothing that blocks the corrected rerun
     check_init(cfg.model)
+    if cfg.data.max_text_len > text_positions(cfg.model):
+        raise ConfigError(f"data.max_text_len={cfg.data.max_text_len} is more than the model's "
+                          f"{text_positions(cfg.model)} text positions: lower it (or model.max_positions for a "
+                          "model built from scratch)")
     tokenizer = load_tokenizer(cfg.model)
     collate = MaskingCollator(tokenizer, cfg.masking, cfg.data.max_text_len, None, anchors_hash=check_anchors(cfg),
                               ngrams=check_ngrams(cfg), text_only=cfg.model.kind == "text")

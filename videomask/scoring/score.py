@@ -272,6 +272,8 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="delete OUT and score again")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    if a.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {a.batch_size}")
     from ..logs import quiet_third_party
 
     quiet_third_party()
