@@ -82,7 +82,7 @@ def test_text_run_exports_a_hugging_face_masked_lm(tmp_path, tiny_anchors):
     out = tmp_path / "run"
     assert train_main([f"data.train={tmp_path / 'scored'}", f"data.anchors={tiny_anchors}", f"run.out={out}",
                        "data.batch_size=4", "model.kind=text", f"model.text={tmp_path / 'base'}",
-                       "optim.max_steps=3", "optim.lr=1e-2"]) == 0
+                       "data.max_text_len=32", "optim.max_steps=3", "optim.lr=1e-2"]) == 0
     hf, info = AutoModelForMaskedLM.from_pretrained(out / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     ours, _ = load_run(out)
