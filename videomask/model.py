@@ -132,7 +132,14 @@ def build_vision(cfg: ModelConfig, source: Path | None = None):
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
     if source is not None and (Path(source) / "vision" / "open_clip_config.json").exists():
-        return open_clip.create_model(f"local-dir:{Path(source) / 'vision'}", load_weights=False).visual
+        import logging
+
+        root = logging.getLogger()  # open_clip warns on the root logger that no weights were found: they follow
+        level, root.level = root.level, logging.ERROR
+        try:
+            return open_clip.create_model(f"local-dir:{Path(source) / 'vision'}", load_weights=False).visual
+        finally:
+            root.setLevel(level)
     if cfg.vision:
         model = open_clip.create_model(cfg.vision, pretrained=cfg.vision_pretrained or None)
         return model.visual
