@@ -105,9 +105,9 @@ class TextEncoderScorer(WordCache):
 
 def _weights_id(folder: Path) -> str:
     """sha256 prefix of a local folder's weights (which checkpoint scored the words); the id for hub names."""
-    from .clip_scorer import model_identity
+    from ..files import sha256_of
 
     if not folder.is_dir():
         return "hub"
     weights = next(iter(sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))), None)
-    return model_identity("", str(weights)).split("|", 1)[1] if weights else "no-weights"
+    return f"{weights.name}|sha256:{sha256_of(weights)[:16]}" if weights else "no-weights"
