@@ -46,7 +46,7 @@ def test_pickle_member_is_refused(tiny_shards, tmp_path):
         list(data.dataset(bad, handler=data.ErrorCounter(strict=True)))
     counter = data.ErrorCounter(verbose=False)
     got = [s["key"] for s in data.dataset(bad, handler=counter)]
-    assert counter.counts == {"UnsafeMemberError": 1}
+    assert counter.counts == {"unsafe_member": 1}
     assert got == [s["key"] for s in data.dataset(src)][1:]  # only the poisoned sample is dropped
 
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "pmi": ("videomask.scoring.pmi", "high-PMI n-gram vocabulary (for pmi masking)"),
     "score": ("videomask.scoring.score", "word and patch scores against the anchors, written into the shards"),
     "truth": ("videomask.demo.truth", "the synthetic world's ground truth, for the oracle control"),
+    "check": ("videomask.data", "read every sample of a shard folder as training would; list the unusable ones"),
     "inspect": ("videomask.inspection", "pictures of a sample's scores and masks"),
     "train": ("videomask.train", "(continued) pretraining with a masking strategy; torchrun for several GPUs"),
     "finetune": ("videomask.finetune", "downstream fine-tuning and evaluation (probe or full)"),
@@ -59,7 +60,15 @@ def main(argv=None) -> int:
         print(f"videomask: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    try:
+        return module.main(argv[1:]) or 0
+    except OSError as e:  # disk full, read-only, no permission: a message, not a traceback
+        from .errors import explain_os_error
+
+        if explain_os_error(e) is None:
+            raise
+        print(f"error: {explain_os_error(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -74,6 +74,18 @@ def resample_grid(scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(scores[:, None], size=grid, mode="area")[:, 0]
 
 
+def too_short(valid: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows whose ``ratio`` of units rounds to none (a transcript of one to three tokens at 0.15) are left
+    unmasked rather than stopping the run (``masking.budgets`` refuses them: pure functions don't guess).
+    Returns the valid units with those rows emptied, and how many rows that was (the train loop reports it)."""
+    n = valid.flatten(1).sum(1)
+    short = (n > 0) & (torch.round(ratio * n.double()) == 0)  # torch.round is half to even, like Python's round
+    if short.any():
+        valid = valid.clone()
+        valid[short] = False
+    return valid, short.sum()
+
+
 def apply_mlm(input_ids, mask, tokenizer, generators, mask_prob=0.8, random_prob=0.1):
     """BERT's rule on the chosen tokens: ``mask_prob`` -> mask token, ``random_prob`` -> a random
     token, the rest unchanged. Returns (inputs, labels) with labels -100 off the mask."""
@@ -203,16 +215,19 @@ class MaskingCollator:
             w_valid = torch.zeros(len(samples), n_words, dtype=torch.bool)
             for b in range(len(samples)):
                 w_valid[b, word_ids[b][word_ids[b] >= 0].unique()] = True
+            w_valid, short = too_short(w_valid, cfg.text_ratio)
             w_mask = masking.select(self.text_strategy if self.text_strategy != "whole_word" else "random",
                                     w_scores, w_valid, cfg.text_ratio, gens, **{**params, "word_ids": None})
             mask = torch.gather(w_mask, 1, word_ids.clamp(min=0)) & (word_ids >= 0)
         else:
+            valid, short = too_short(valid, cfg.text_ratio)
             scores = None
             if w_scores is not None:  # each token gets its word's value; punctuation is not ranked (word id -1)
                 scores = torch.where(word_ids >= 0, torch.gather(w_scores, 1, word_ids.clamp(min=0)), 0.0)
             mask = masking.select(self.text_strategy, scores, valid, cfg.text_ratio, gens, **params)
         inputs, labels = apply_mlm(enc["input_ids"], mask, self.tokenizer, gens, cfg.mask_prob, cfg.random_prob)
-        out = {"input_ids": inputs, "attention_mask": enc["attention_mask"], "labels": labels, "text_mask": mask}
+        out = {"input_ids": inputs, "attention_mask": enc["attention_mask"], "labels": labels, "text_mask": mask,
+               "short_texts": short}
         if all("word_truth" in s["meta"] for s in samples):  # diagnostics: which tokens are truly domain-specific
             wt = w_scores if source == "truth" else self._word_values(samples, n_words, "word_truth")
             out["truth_tokens"] = (torch.gather(wt, 1, word_ids.clamp(min=0)) > 0) & (word_ids >= 0)
@@ -290,7 +305,7 @@ class MaskingCollator:
         for s in samples:
             self._check(s)
         batch = self.text(samples)
-        if self.text_only:  # only what a Hugging Face masked-LM takes
+        if self.text_only:  # only what a Hugging Face masked-LM takes (rows too short to mask stay unmasked)
             return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
         if any(s.get("frames") is not None for s in samples):
             batch.update(self.video(samples))

@@ -40,8 +40,13 @@ class DataConfig:
     resampled: bool = False  # draw shards with replacement (multi-node): no epochs, never runs dry
     split_by: str = "shards"  # across processes: "shards" (scales) or "samples" (every process reads all)
     cache: bool = False  # keep the decoded samples in memory after the first epoch (small data; workers=0)
+    # above this share of samples skipped as unusable (per epoch, or once 200 were read) the run stops, naming
+    # the commonest reasons: a few bad samples are skipped and counted, a broken dataset is not trained on
+    max_skip_fraction: float = 0.01
 
     def __post_init__(self):
+        if not 0 <= self.max_skip_fraction <= 1:
+            raise ConfigError(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
         if self.batch_size < 1 or self.max_text_len < 8 or self.workers < 0 or self.shuffle < 0 or self.window_stride < 0:
             raise ConfigError("data.batch_size >= 1, data.max_text_len >= 8, data.workers, data.shuffle and "
                               "data.window_stride >= 0")
@@ -235,5 +240,15 @@ def run_cli(argv, schema, run, prog: str, doc: str, default_files=lambda files, 
     except VideomaskError as e:
         logging.getLogger("videomask").debug("refused", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # a diverged run: the message says which checkpoint is the last finite one
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:
+        from .errors import explain_os_error
+
+        if explain_os_error(e) is None:
+            raise
+        print(f"error: {explain_os_error(e)}", file=sys.stderr)
         return 2
     return 0

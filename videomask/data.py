@@ -1,4 +1,4 @@
-"""Read videomask shards: composable webdataset stages, safe decoding only.
+"""Read videomask shards: composable webdataset stages, safe decoding only, every sample validated.
 
     pipe = videomask.data.dataset("out/shards", split="train")      # a wds.DataPipeline
     for s in pipe:
@@ -7,21 +7,33 @@
 
 The stages (each a plain generator function or webdataset filter, usable alone):
 shard list (``SimpleShardList``, or ``ResampledShards`` for multi-node training)
--> ``split_by_node`` -> ``split_by_worker`` -> ``tarfile_to_samples`` ->
-``safe_decode`` -> ``to_sample``.
+-> ``split_by_node`` -> ``split_by_worker`` -> ``tar_samples`` ->
+``safe_decode`` -> ``Validate`` -> ``to_sample``.
 
 Safety: only JPEG, JSON, UTF-8 text and ``.npy`` (``allow_pickle=False``) are
 decoded. A member with any other extension (``.pyd``, ``.pickle``, ``.pth``...)
-makes the sample fail: a shard from the internet can never run code here.
+makes the sample fail: a shard from the internet can never run code here. Shard
+names from a manifest and member names in a tar stay inside their folder.
 
-Errors are a parameter (``ErrorCounter``): in training mode a corrupt sample or
-a truncated tar is skipped and counted; in strict mode it raises.
+``Validate`` checks each sample before anything is decoded or batched (see
+``check_sample``): members regular files with safe names, frame count and size
+against the metadata and the shard's stated size (read from the JPEG header, so a
+"decompression bomb" is refused before it is decoded), words well-formed, score
+lengths, shapes and values finite. The collator only sees valid samples.
+
+Errors are a parameter (``ErrorCounter``): in training mode a bad sample or a
+truncated tar is skipped and counted by reason; in strict mode it raises, naming
+the shard and the key.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import re
+import tarfile
+import warnings
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -35,30 +47,55 @@ from .errors import DataError, MissingError
 
 FRAME_RE = re.compile(r"^f(\d{3,})\.jpe?g$")
 SAFE_EXTS = {"jpg", "jpeg", "json", "txt", "npy"}
+PIPELINE_KEYS = {"__key__", "__url__", "__local_path__", "__problems__"}  # what the stages themselves add
+MAX_FRAME_SIDE = 4096  # a frame side above this is refused from its header when no size is stated
 
 
-class UnsafeMemberError(DataError):
-    pass
+class SampleError(DataError):
+    """One sample (or shard) that cannot be used; ``reason`` is the short name it is counted under."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class UnsafeMemberError(SampleError):
+    def __init__(self, message: str):
+        super().__init__("unsafe_member", message)
 
 
 class ErrorCounter:
-    """A webdataset ``handler``: counts and skips (``strict=False``) or raises (``strict=True``)."""
+    """A webdataset ``handler``: counts and skips (``strict=False``) or raises (``strict=True``).
+    Counts are by reason (``SampleError.reason``, else the exception's type); ``seen``: samples read (and
+    shards that broke off), the denominator of the skip fraction; ``examples``: each reason's first message."""
 
     def __init__(self, strict: bool = False, verbose: bool = True, max_messages: int = 10):
         self.strict, self.verbose, self.max_messages = strict, verbose, max_messages
         self.counts: Counter = Counter()
+        self.examples: dict[str, str] = {}
+        self.seen = 0
 
     def __call__(self, exn: Exception) -> bool:
         if self.strict:
             raise exn
-        self.counts[type(exn).__name__] += 1
+        reason = getattr(exn, "reason", type(exn).__name__)
+        self.counts[reason] += 1
+        self.examples.setdefault(reason, str(exn)[:300])
         if self.verbose and sum(self.counts.values()) <= self.max_messages:
-            print(f"videomask.data: skipped ({type(exn).__name__}: {str(exn)[:300]})")
+            print(f"videomask.data: skipped ({reason}: {str(exn)[:300]})")
+            if sum(self.counts.values()) == self.max_messages:
+                print("videomask.data: further skips are counted, not printed (totals at the end)")
         return True  # continue with the next sample / shard
+
+    def reset(self):
+        self.counts, self.examples, self.seen = Counter(), {}, 0
 
     @property
     def skipped(self) -> int:
         return sum(self.counts.values())
+
+    def summary(self) -> str:
+        return ", ".join(f"{r} {n}" for r, n in self.counts.most_common())
 
 
 def shard_urls(path, split: str | None = None) -> list[str]:
@@ -71,8 +108,12 @@ def shard_urls(path, split: str | None = None) -> list[str]:
         if p.is_dir():
             mf = p / "manifest.json"
             if mf.exists():
-                manifest = json.loads(mf.read_text())
-                urls = [str(p / s["name"]) for s in manifest["shards"] if split is None or s["split"] == split]
+                try:
+                    manifest = json.loads(mf.read_text())
+                    listed = [s["name"] for s in manifest["shards"] if split is None or s["split"] == split]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise DataError(f"{mf}: not a videomask manifest ({type(e).__name__}: {e})") from None
+                urls = [str(inside(p, name, mf)) for name in listed]
             else:
                 urls = sorted(str(x) for x in p.glob(f"{split}-*.tar" if split else "*.tar"))
         else:
@@ -80,6 +121,78 @@ def shard_urls(path, split: str | None = None) -> list[str]:
     if not urls:
         raise MissingError(f"no shards found at {path}" + (f" for split {split!r}" if split else ""))
     return urls
+
+
+def inside(folder: Path, name, listed_in) -> Path:
+    """``folder / name``, refused unless it stays inside ``folder`` (a manifest from elsewhere may list
+    ``../x.tar`` or an absolute path; symbolic links are resolved before the check)."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{listed_in}: shard name {name!r} is not a file name")
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    if path.parent != root and root not in path.parents:
+        raise DataError(f"{listed_in}: shard {name!r} lies outside {folder}; refused")
+    return Path(folder) / name
+
+
+def stated_frame_size(path) -> int | None:
+    """The frame side the shards at ``path`` were built with (their manifest's ``options.size``), or None."""
+    mf = Path(path) / "manifest.json" if not isinstance(path, (list, tuple)) else None
+    try:
+        size = json.loads(mf.read_text()).get("options", {}).get("size") if mf and mf.is_file() else None
+    except (ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """A member name -> (sample key, member suffix), webdataset's convention: the key ends at the first dot
+    of the file name (``dir/abc.f000.jpg`` -> ``dir/abc``, ``f000.jpg``)."""
+    head, _, base = name.rpartition("/")
+    key, dot, suffix = base.partition(".")
+    return (f"{head}/{key}" if head else key), suffix
+
+
+def tar_samples(sources, handler=None):
+    """A stage: shards (dicts with ``url``, as ``SimpleShardList`` yields them) -> raw samples, members grouped by
+    key as webdataset groups them. Unlike webdataset's reader, nothing is dropped unseen: a member that is not a
+    regular file (link, device, folder) is listed in the sample's ``__problems__`` (``Validate`` refuses it); a
+    shard that is not a tar or breaks off is reported to ``handler`` (the samples before the break are kept)."""
+    handler = handler or ErrorCounter(strict=True)
+    for source in sources:
+        url = source["url"] if isinstance(source, dict) else str(source)
+        current = None
+        try:
+            with tarfile.open(url, mode="r|*") as tar:
+                for m in tar:
+                    key, suffix = split_key(m.name)
+                    if current is None or key != current["__key__"]:
+                        if current is not None:
+                            handler.seen += 1
+                            yield current
+                        current = {"__key__": key, "__url__": url}
+                    if not m.isreg():
+                        current.setdefault("__problems__", []).append(
+                            f"member {m.name!r} is not a regular file ({_tar_kind(m)})")
+                        continue
+                    if suffix in current:
+                        current.setdefault("__problems__", []).append(f"member {m.name!r} appears twice")
+                        continue
+                    current[suffix] = tar.extractfile(m).read()
+            if current is not None:
+                handler.seen += 1
+                yield current
+        except (tarfile.TarError, OSError, EOFError) as e:
+            handler.seen += 1
+            what = "is not a readable tar" if current is None else f"breaks off after sample {current['__key__']}"
+            if not handler(SampleError("unreadable_shard", f"{url} {what} ({type(e).__name__}: {e}); the samples "
+                                                           "read before it are kept")):
+                return
+
+
+def _tar_kind(m: tarfile.TarInfo) -> str:
+    return ("symbolic link" if m.issym() else "hard link" if m.islnk() else "folder" if m.isdir()
+            else "device or fifo")
 
 
 def frame_names(members) -> list[str]:
@@ -101,7 +214,7 @@ def safe_decode(sample: dict) -> dict:
     """Decode the members of one raw webdataset sample; refuse anything that could execute code."""
     out = {}
     for name, value in sample.items():
-        if name.startswith("__"):
+        if name in PIPELINE_KEYS:
             out[name] = value
             continue
         ext = _ext(name)
@@ -109,15 +222,115 @@ def safe_decode(sample: dict) -> dict:
             raise UnsafeMemberError(
                 f"{sample.get('__url__')}: sample {sample.get('__key__')} has member '.{name}', which videomask "
                 f"refuses to decode (allowed: {', '.join(sorted(SAFE_EXTS))}); pickles can run code")
-        if ext == "json":
-            out[name] = json.loads(value)
-        elif ext == "txt":
-            out[name] = value.decode("utf-8")
-        elif ext == "npy":
-            out[name] = np.load(io.BytesIO(value), allow_pickle=False)
-        else:
-            out[name] = value  # JPEG bytes: decoded together in to_sample
+        try:
+            if ext == "json":
+                out[name] = json.loads(value)
+            elif ext == "txt":
+                out[name] = value.decode("utf-8")
+            elif ext == "npy":
+                out[name] = np.load(io.BytesIO(value), allow_pickle=False)
+            else:
+                out[name] = value  # JPEG bytes: checked by Validate, decoded together in to_sample
+        except (ValueError, UnicodeDecodeError, EOFError, OSError) as e:  # a pickled (object) array is a ValueError
+            raise SampleError("undecodable_member", f"{sample.get('__url__')}: sample {sample.get('__key__')} member "
+                              f"{name!r} cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
     return out
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_sample(s: dict, size: int | None = None, grid: tuple | None = None) -> tuple[int | None, tuple | None]:
+    """Raise ``SampleError`` (naming the shard, the key and the problem) unless the safely decoded sample ``s`` is
+    usable; frames are checked from their JPEG headers, nothing is decoded. ``size``: the frame side the shard
+    states (or the stream's first); ``grid``: the stream's patch-score grid. Returns this sample's (size, grid)."""
+    where = f"{s.get('__url__')}: sample {s.get('__key__')}"
+
+    def bad(reason, message):
+        raise SampleError(reason, f"{where} {message}")
+
+    key = s.get("__key__")
+    if not isinstance(key, str) or not key or "/" in key or "\\" in key or key.startswith("."):
+        bad("unsafe_name", "has a member name with a folder, '..' or a leading dot: refused (members stay inside "
+                           "their shard)")
+    if s.get("__problems__"):
+        bad("bad_member", "; ".join(s["__problems__"]))
+    meta = s.get("json")
+    if not isinstance(meta, dict):
+        bad("bad_metadata", f"has no .json metadata object (got {type(meta).__name__})")
+    text = s.get("txt")
+    words = meta.get("words", [])
+    if not isinstance(words, list):
+        bad("bad_words", f"has 'words' of type {type(words).__name__}, not a list")
+    if words and text is None:
+        bad("missing_text", f"lists {len(words)} words but has no .txt transcript")
+    text, previous = text or "", 0
+    for i, w in enumerate(words):
+        if not (isinstance(w, dict) and isinstance(w.get("w"), str) and type(w.get("s")) is int
+                and type(w.get("e")) is int and previous <= w["s"] < w["e"] <= len(text)):
+            bad("bad_words", f"word {i} ({str(w)[:80]}) is not {{'w': str, 's': start, 'e': end}} with ascending "
+                             f"offsets inside its {len(text)}-character transcript")
+        previous = w["s"]
+    for name in ("word_scores", "word_truth"):
+        v = meta.get(name)
+        if v is not None and not (isinstance(v, list) and len(v) == len(words) and all(_number(x) for x in v)):
+            bad("bad_word_scores", f"has {name} that are not {len(words)} finite numbers (one per word): "
+                                   f"{type(v).__name__} of {len(v) if hasattr(v, '__len__') else '?'}")
+    names = frame_names(s)
+    indices = meta.get("frame_indices", [])
+    if not isinstance(indices, list) or len(names) != len(indices):
+        bad("frame_count", f"has {len(names)} frames, its metadata lists "
+                           f"{len(indices) if isinstance(indices, list) else indices!r} (truncated shard?)")
+    own = None
+    for n in names:
+        try:
+            with warnings.catch_warnings():  # Pillow's bomb warning: the size check below says more
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(s[n]), formats=("JPEG",)) as img:  # reads the header only
+                    wh = img.size
+        except Image.DecompressionBombError as e:
+            bad("frame_size", f"frame {n} claims a size beyond Pillow's limit ({e}): refused before decoding")
+        except Exception as e:  # noqa: BLE001  (PIL raises many kinds for a broken header)
+            bad("corrupt_frame", f"frame {n} is not a readable JPEG ({type(e).__name__}: {str(e)[:120]})")
+        want = (size, size) if size else (own or wh)
+        if wh != want or max(wh) > MAX_FRAME_SIDE:
+            stated = f"the shard's stated {size}x{size}" if size else (
+                f"the stream's {want[0]}x{want[1]}" if wh != want else f"the limit of {MAX_FRAME_SIDE} px")
+            bad("frame_size", f"frame {n} is {wh[0]}x{wh[1]} (from its header), not {stated}: refused before decoding")
+        own = wh
+    for name, v in s.items():
+        if not isinstance(v, np.ndarray):
+            continue
+        if v.dtype.kind not in "fiub":
+            bad("bad_patch_scores", f"member {name!r} has dtype {v.dtype}, not numbers")
+        if name in ("patch_scores.npy", "patch_truth.npy"):
+            if v.ndim != 3 or v.shape[0] != len(names) or (grid is not None and tuple(v.shape[1:]) != tuple(grid)):
+                bad("bad_patch_scores", f"member {name!r} has shape {tuple(v.shape)}, not [{len(names)} frames, "
+                                        f"{'gh, gw' if grid is None else ', '.join(map(str, grid))}]")
+            if not np.isfinite(v).all():
+                bad("bad_patch_scores", f"member {name!r} holds NaN or infinite values")
+            grid = tuple(v.shape[1:])
+    return (own[0] if own else size), grid
+
+
+class Validate:
+    """A stage: ``check_sample`` on every sample (failures go to the handler: skipped and counted, or raised).
+    The frame size and the patch grid a stream must keep: the shards' stated size, else the first sample's."""
+
+    def __init__(self, size: int | None = None, handler: ErrorCounter | None = None):
+        self.size, self.grid, self.handler = size, None, handler or ErrorCounter(strict=True)
+
+    def __call__(self, samples):
+        for s in samples:
+            try:
+                size, grid = check_sample(s, self.size, self.grid)
+            except SampleError as e:
+                if self.handler(e):
+                    continue
+                return
+            self.size, self.grid = self.size or size, self.grid or grid
+            yield s
 
 
 def to_sample(sample: dict, frames: bool = True) -> dict:
@@ -133,19 +346,27 @@ def to_sample(sample: dict, frames: bool = True) -> dict:
                          f"its metadata lists {expected} (truncated shard?)")
     decoded = None
     if frames and names:
-        first = decode_jpeg(sample[names[0]])
-        buf = np.empty((len(names), *first.shape), dtype=np.uint8)  # filled in place: np.stack was 5x slower
-        buf[0] = first
-        for t, n in enumerate(names[1:], 1):
-            buf[t] = decode_jpeg(sample[n])
-        # [T, 3, S, S] uint8, a view of channels-last memory: batching copies it once, no need to here
-        decoded = torch.from_numpy(buf).permute(0, 3, 1, 2)
+        try:
+            decoded = _decode_frames(sample, names)
+        except (OSError, ValueError) as e:  # a JPEG whose header was fine and whose data is not
+            raise SampleError("corrupt_frame", f"{sample.get('__url__')}: sample {sample.get('__key__')} has a "
+                              f"frame that cannot be decoded ({type(e).__name__}: {str(e)[:150]})") from None
     out = {"key": sample["__key__"], "url": sample.get("__url__"), "frames": decoded, "text": sample.get("txt", ""),
            "words": meta.get("words", []), "meta": meta}
     for name, value in sample.items():  # extra arrays, e.g. scores written by the scoring stage
         if isinstance(value, np.ndarray):
             out[name[:-4].replace(".", "_")] = value
     return out
+
+
+def _decode_frames(sample: dict, names: list[str]) -> torch.Tensor:
+    first = decode_jpeg(sample[names[0]])
+    buf = np.empty((len(names), *first.shape), dtype=np.uint8)  # filled in place: np.stack was 5x slower
+    buf[0] = first
+    for t, n in enumerate(names[1:], 1):
+        buf[t] = decode_jpeg(sample[n])
+    # [T, 3, S, S] uint8, a view of channels-last memory: batching copies it once, no need to here
+    return torch.from_numpy(buf).permute(0, 3, 1, 2)
 
 
 def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle: int = 0, seed: int = 0,
@@ -163,14 +384,80 @@ def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle:
         if split_by_node:
             stages.append(wds.split_by_node)
         stages.append(wds.split_by_worker)
-    stages.append(wds.tarfile_to_samples(handler=handler))
+    stages.append(partial(tar_samples, handler=handler))
     if shuffle:
         # seeded: the same order on a rerun; ``shuffle_initial``: samples buffered before the first is drawn
         stages.append(wds.shuffle(shuffle, initial=shuffle_initial or 100, seed=seed))
-    stages += [wds.map(safe_decode, handler=handler), wds.map(partial(to_sample, frames=frames), handler=handler)]
+    stages += [wds.map(safe_decode, handler=handler), Validate(stated_frame_size(path), handler),
+               wds.map(partial(to_sample, frames=frames), handler=handler)]
     pipe = wds.DataPipeline(*stages)
     pipe.errors = handler
     return pipe
+
+
+def with_report(handler: ErrorCounter):
+    """A stage after batching: every batch carries ``data_report`` = (worker, samples read, skips by reason, an
+    example message per reason) of the process or DataLoader worker that made it, cumulative; when the stream
+    ends, one last item holding only the report. ``SkipReport`` adds the workers' reports up."""
+    def stage(batches):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info else 0
+        for b in batches:
+            b["data_report"] = (worker, handler.seen, dict(handler.counts), dict(handler.examples))
+            yield b
+        yield {"data_report": (worker, handler.seen, dict(handler.counts), dict(handler.examples))}
+    return stage
+
+
+class SkipReport:
+    """Samples read and skipped, by reason, added up over the DataLoader's workers (each reports its own
+    cumulative counts; the latest report of each worker counts). ``epoch`` for the running epoch, ``total``
+    over the run's epochs so far."""
+
+    def __init__(self, max_fraction: float, min_samples: int = 200):
+        self.max_fraction, self.min_samples = max_fraction, min_samples
+        self.latest, self.total_seen, self.total = {}, 0, Counter()
+        self.examples: dict[str, str] = {}
+
+    def update(self, report):
+        worker, seen, counts, examples = report
+        self.latest[worker] = (seen, counts)
+        for k, v in examples.items():
+            self.examples.setdefault(k, v)
+
+    def epoch(self) -> tuple[int, Counter]:
+        seen, counts = 0, Counter()
+        for n, c in self.latest.values():
+            seen += n
+            counts.update(c)
+        return seen, counts
+
+    def end_epoch(self) -> tuple[int, Counter]:
+        """The finished epoch's (samples read, skips); the running counts start again."""
+        seen, counts = self.epoch()
+        self.total_seen += seen
+        self.total.update(counts)
+        self.latest = {}
+        return seen, counts
+
+    def too_many(self, seen: int, counts: Counter, finished: bool = False) -> str | None:
+        """The message to stop with, or None: more than ``max_fraction`` of ``seen`` skipped (judged once
+        ``min_samples`` were read, or at the end of an epoch)."""
+        skipped = sum(counts.values())
+        if not seen or (seen < self.min_samples and not finished) or skipped <= self.max_fraction * seen:
+            return None
+        worst = "; ".join(f"{r}: {n} (e.g. {self.examples.get(r, '?')})" for r, n in counts.most_common(3))
+        return (f"{skipped} of {seen} samples read were skipped as unusable ({100 * skipped / seen:.1f}% > "
+                f"data.max_skip_fraction={self.max_fraction}). Commonest reasons: {worst}. Fix or rebuild the shards "
+                "(`videomask check SHARDS` lists every bad sample), or raise data.max_skip_fraction")
+
+    def line(self) -> str:
+        seen, counts = self.epoch()
+        counts = counts + self.total
+        seen += self.total_seen
+        n = sum(counts.values())
+        return (f"{n} of {seen} samples read were skipped" + (f": {', '.join(f'{r} {k}' for r, k in counts.most_common())}"
+                                                              if n else ""))
 
 
 class Cached(torch.utils.data.IterableDataset):
@@ -270,3 +557,28 @@ class Windows:
             meta["word_truth"] = [truth[k] for k in keep]
         meta["window"] = {"of": s["key"], "index": j, "chars": [a, b]}
         return {**s, "key": f"{s['key']}#w{j}", "text": s["text"][a:b], "words": words, "meta": meta}
+
+
+def main(argv=None) -> int:
+    """``videomask check SHARDS [--split S]``: read every sample as training would (frames decoded too); print
+    each unusable one (shard, key, reason) and the totals. Exit status 1 when any was found."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m videomask.data", description=main.__doc__)
+    p.add_argument("shards", help="a folder of shards (with manifest.json), a .tar, or a brace pattern")
+    p.add_argument("--split", default=None, help="only this split of the manifest")
+    a = p.parse_args(argv)
+    counter = ErrorCounter(verbose=True, max_messages=sys.maxsize)
+    try:
+        n = sum(1 for _ in dataset(a.shards, a.split, handler=counter, split_by_node=False))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{counter.seen} samples read: {n} usable, {counter.skipped} skipped"
+          + (f" ({counter.summary()})" if counter.skipped else ""))
+    return 1 if counter.skipped else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -107,7 +107,15 @@ def save_checkpoint(path: Path, state: dict, cfg):
 
 
 def read_checkpoint(path: Path, cfg) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only: a checkpoint from elsewhere cannot run code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["config"], state["step"]
+    except (RuntimeError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+        from .errors import DataError
+
+        raise DataError(f"{path} cannot be read as a videomask checkpoint ({type(e).__name__}: {str(e)[:200]}): "
+                        "truncated or corrupt? Move it away to start the run again from its beginning, or restore "
+                        "a copy; nothing was changed") from None
     if comparable(state["config"]) != comparable(to_yaml(cfg)):
         raise ConfigError(f"{path} was written by a run with another configuration; not resuming (nothing changed)")
     return state

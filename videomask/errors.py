@@ -20,3 +20,18 @@ class DataError(VideomaskError, ValueError):
 
 class MissingError(DataError, FileNotFoundError):
     """A file, folder, shard or split that is not there (also a ``FileNotFoundError``)."""
+
+
+def explain_os_error(e: OSError) -> str | None:
+    """A message for the file-system failures a user can fix (disk full, read-only, no permission), naming
+    the file; None for other errors (they keep their traceback)."""
+    import errno
+
+    what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted"}.get(e.errno)
+    if what is None:
+        return None
+    where = e.filename or "a file"
+    return (f"{what} writing or reading {where} ({e.strerror}). Free space or choose a writable output folder; "
+            "finished shards and checkpoints are kept, and rerunning the same command continues from them")

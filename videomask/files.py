@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from .errors import VideomaskError
+
 
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
@@ -42,3 +44,52 @@ def write_manifest(out: Path, manifest: dict, errors: list[dict] | None = None) 
         atomic_write(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
+
+
+class LockedError(VideomaskError):
+    """An output folder that another job holds (``FolderLock``)."""
+
+
+class FolderLock:
+    """An exclusive lock on an output folder (``FOLDER/.videomask.lock``, ``fcntl.flock``): a second build,
+    scoring or training on the same folder is refused, naming the holder, instead of both writing into it.
+    The kernel drops the lock when its process ends, however it ends (``kill -9`` too): a lock file left
+    behind by a dead job is stale and taken over. POSIX systems only (where ``fcntl`` exists)."""
+
+    NAME = ".videomask.lock"
+
+    def __init__(self, folder: Path, what: str):
+        self.folder, self.what, self.fd = Path(folder), what, None
+
+    def acquire(self) -> "FolderLock":
+        import fcntl
+        import socket
+        import time
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / self.NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise LockedError(f"{self.folder} is in use: {holder}. Wait for that job to end (or stop it), or "
+                              f"choose another output folder; nothing was changed") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{self.what} by pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays (removing it would race a new holder)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+

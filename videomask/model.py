@@ -68,6 +68,16 @@ class ModelConfig:
             raise ValueError(f"model.kind must be 'video' or 'text', got {self.kind!r}")
         if self.visual_loss not in ("infonce", "regression"):
             raise ValueError(f"model.visual_loss must be 'infonce' or 'regression', got {self.visual_loss!r}")
+        sizes = ("image_size", "patch_size", "vision_width", "vision_layers", "hidden", "layers", "heads",
+                 "intermediate", "max_positions", "max_frames")
+        bad = [f"model.{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: sizes must be >= 1")
+        if self.hidden % self.heads or self.image_size % self.patch_size:
+            raise ConfigError(f"model.hidden={self.hidden} must be a multiple of model.heads={self.heads}, and "
+                              f"model.image_size={self.image_size} of model.patch_size={self.patch_size}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 def resolve_hf(name: str) -> str:

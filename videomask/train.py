@@ -32,6 +32,7 @@ from . import data, engine, masking
 from .collate import MaskingCollator
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
 from .engine import all_ranks_true, to_device
+from .files import FolderLock
 from .model import build_model, check_init, export_hf, load_tokenizer, text_positions
 
 logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
@@ -48,6 +49,7 @@ def make_loader(cfg: TrainConfig, folder: str, split: str, collate, rank: int, w
     by_samples = cfg.data.split_by == "samples" and world > 1
     pipe = data.dataset(folder, split or None, resampled=train and cfg.data.resampled, seed=cfg.run.seed,
                         shuffle=cfg.data.shuffle if train else 0, split_by_node=not by_samples)
+    handler = pipe.errors  # unusable samples are skipped and counted by reason (videomask.data.Validate)
     if by_samples:
         pipe.append(engine.split_samples(rank, world))
     # text-only documents longer than the context become overlapping windows (never silently truncated)
@@ -56,11 +58,13 @@ def make_loader(cfg: TrainConfig, folder: str, split: str, collate, rank: int, w
     if cfg.data.cache:  # decoded samples kept after the first pass; masks are still drawn per epoch in collate
         pipe = wds.DataPipeline(data.Cached(pipe))
     pipe.append(wds.batched(cfg.data.batch_size, collation_fn=collate, partial=not train))
+    pipe.append(data.with_report(handler))  # each batch says what its worker has skipped so far
     # its own generator: making an iterator draws a base seed from it, and from the global RNG without one, which
     # would shift dropout after a resume (the checkpoint restores the global RNG before the loop makes one)
     loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.data.workers,
                                          generator=torch.Generator().manual_seed(cfg.run.seed))
     loader.windows = windows  # its counts (in this process; with workers, each worker counts its own)
+    loader.errors = handler
     return loader
 
 
@@ -99,7 +103,8 @@ def check_data(cfg: TrainConfig, collate) -> None:
             urls = data.shard_urls(folder, split or None)
         except FileNotFoundError as e:
             raise ConfigError(f"{key}={folder}: {e}") from None
-        first = next(iter(data.dataset(urls[:1], split_by_node=False, handler=data.ErrorCounter(strict=True))), None)
+        # the first usable sample (unusable ones are the loader's to skip and count, not a reason to refuse)
+        first = next(iter(data.dataset(urls, split_by_node=False, handler=data.ErrorCounter(verbose=False))), None)
         if first is not None:
             try:
                 collate._check(first)
@@ -155,7 +160,8 @@ def resume(raw_model, opt, sched, cfg: TrainConfig, out: Path, fsdp: bool, rank:
 def validate(model, loader, device, autocast, max_batches: int) -> dict:
     model.eval()
     sums, n = {}, 0
-    for i, batch in enumerate(loader):
+    batches = (b for b in loader if "input_ids" in b)  # not the stream's closing report
+    for i, batch in enumerate(batches):
         if i >= max_batches:
             break
         with autocast:
@@ -199,6 +205,16 @@ def train(cfg: TrainConfig) -> dict:
     collate = MaskingCollator(tokenizer, cfg.masking, cfg.data.max_text_len, None, anchors_hash=check_anchors(cfg),
                               ngrams=check_ngrams(cfg), text_only=cfg.model.kind == "text")
     check_data(cfg, collate)
+    # one training per run folder: a second one (a resume started twice, say) is refused, naming the holder
+    lock = FolderLock(Path(cfg.run.out), "videomask train").acquire() if rank == 0 else None
+    try:
+        return _train(cfg, rank, world, device, tokenizer, collate)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) -> dict:
     out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl"))
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
@@ -229,29 +245,53 @@ def train(cfg: TrainConfig) -> dict:
         started, batch_in_epoch, data_wait, t_log, steps_here = step, skip, 0.0, time.perf_counter(), 0
         model.train()
 
+        saved = {"step": step if step else None}  # the step of the last checkpoint written, all finite
+
         def checkpoint():  # every process calls it: gathering FSDP shards is a collective
+            if not all_ranks_true(all(bool(torch.isfinite(engine.local(p)).all()) for p in raw_model.parameters()),
+                                  world, device):
+                last = f"{out / CKPT} (step {saved['step']})" if saved["step"] is not None else "none was written"
+                raise FloatingPointError(f"the weights at step {step} are not finite (the run diverged: lower "
+                                         f"optim.lr?); they were not saved. The last finite checkpoint: {last}")
             model_state, opt_state = engine.full_state(raw_model, opt, fsdp)
             if rank == 0:
                 save_checkpoint(out / CKPT, model_state, opt_state, sched, step, epoch, batch_in_epoch, cfg)
+            saved["step"] = step
 
         def batches():  # endless: epochs of the shards (a fresh mask draw per epoch), resumable mid-epoch
             nonlocal epoch, batch_in_epoch
             while True:
                 collate.set_epoch(epoch)
+                loader.errors.reset()  # counts per epoch (DataLoader workers start from this copy)
                 n = 0
-                for i, b in enumerate(loader):
+                for b in loader:
+                    skips.update(b.pop("data_report"))
+                    if "input_ids" not in b:
+                        continue  # a worker's closing report
                     n += 1
-                    if i < batch_in_epoch:
+                    short_texts["n"] += int(b.pop("short_texts", 0))
+                    if n <= batch_in_epoch:
                         continue  # already trained on before the resume
-                    batch_in_epoch = i + 1
+                    batch_in_epoch = n
                     yield b
-                if n == 0:
+                seen, counts = skips.end_epoch()
+                log.write({"step": step, "epoch": epoch, "samples_read": seen, "samples_skipped": sum(counts.values()),
+                           **{f"skipped_{r}": k for r, k in counts.items()}}, step)
+                skips.failed = skips.too_many(seen, counts, finished=True)
+                if n == 0 and not skips.failed:
                     raise ConfigError(f"no training batches in {cfg.data.train} (split {cfg.data.train_split!r}); "
                                       f"with {world} processes each needs at least one batch of {cfg.data.batch_size}")
                 epoch, batch_in_epoch = epoch + 1, 0
 
+        skips = data.SkipReport(cfg.data.max_skip_fraction)
+        skips.failed, short_texts = None, {"n": 0}
         it = batches()
         while step < o.max_steps:
+            # a broken dataset stops the run (every process together); a few bad samples are skipped and counted
+            if not all_ranks_true(not (skips.failed or skips.too_many(*skips.epoch())), world, device):
+                raise data.DataError(skips.failed or skips.too_many(*skips.epoch()) or
+                                     f"another process skipped more than data.max_skip_fraction="
+                                     f"{cfg.data.max_skip_fraction} of its samples (see its message)")
             logs = {}
             for micro in range(o.grad_accum):
                 tw = time.perf_counter()
@@ -268,7 +308,8 @@ def train(cfg: TrainConfig) -> dict:
                                             world, device)
                     if finite:  # this step has not been applied: the weights are the last good ones
                         checkpoint()
-                    where = out / CKPT if finite or (out / CKPT).exists() else "no checkpoint (none was good)"
+                    where = (f"{out / CKPT} (step {saved['step']})" if saved["step"] is not None
+                             else "no checkpoint (none was finite)")
                     raise FloatingPointError(f"non-finite loss {float(r['loss'])} at step {step} "
                                              f"({', '.join(f'{k}={float(v):.4g}' for k, v in r.items())}); "
                                              f"the last good state is in {where}")
@@ -292,6 +333,8 @@ def train(cfg: TrainConfig) -> dict:
                 logs = dict(zip(keys, (t / world).tolist()))
             if rank == 0 and (step % cfg.run.log_every == 0 or step == o.max_steps):
                 elapsed = time.perf_counter() - t_log
+                seen, counts = skips.epoch()
+                logs.update(samples_skipped=sum(counts.values()), short_texts=short_texts["n"])
                 logs.update(step=step, epoch=epoch, lr=sched.get_last_lr()[0],
                             samples_per_s=cfg.run.log_every * o.grad_accum * cfg.data.batch_size * world / elapsed,
                             data_wait=data_wait / elapsed)
@@ -319,6 +362,8 @@ def train(cfg: TrainConfig) -> dict:
         export(raw_model, opt, cfg, out, rank, fsdp, tokenizer)
     engine.teardown(world)
     if rank == 0:
+        logger.info(skips.line() + (f"; {short_texts['n']} transcripts were too short to mask any token (trained "
+                                    "unmasked)" if short_texts["n"] else ""))
         c = loader.windows.counts
         if c["windowed"]:
             logger.info(f"{c['windowed']} of {c['documents']} documents read were longer than data.max_text_len="

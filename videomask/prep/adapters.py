@@ -267,6 +267,8 @@ def main(argv=None) -> int:
         q.add_argument("--size", type=int, default=224)
         q.add_argument("--workers", type=int, default=1)
     a = p.parse_args(argv)
+    if getattr(a, "workers", 1) < 1:
+        p.error(f"--workers must be >= 1, got {a.workers}")
     try:
         rows, errors = (tvqa(a.qa, a.subtitles, a.frames, a.videos, a.fps) if a.dataset == "tvqa" else
                         siq2(a.root) if a.dataset == "siq2" else dsp(a.root))

@@ -38,7 +38,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError, VideomaskError
-from ..files import sha256_of, write_manifest
+from ..files import FolderLock, sha256_of, write_manifest
 from .cutting import BuildOptions, process
 from .inputs import discover, partition_of
 
@@ -179,13 +179,19 @@ def _results(inputs, opts: BuildOptions, workers: int):
 
 def build(src: Path, out: Path, opts: BuildOptions = BuildOptions(), workers: int = 1, num_partitions: int = 1,
           partition: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
-    """Build the shards; returns the manifest (also written to ``out/manifest.json``)."""
+    """Build the shards; returns the manifest (also written to ``out/manifest.json``). The output folder (a
+    partition's own, in a job array) is locked while this runs: a second build on it is refused."""
     if not 0 <= partition < num_partitions:
         raise ConfigError(f"--partition {partition} must be in [0, --num-partitions {num_partitions})")
     src, out = Path(src), Path(out)
     if num_partitions > 1:
         out = out / f"part-{partition:05d}"
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "videomask build"):
+        return _build(src, out, opts, workers, num_partitions, partition, overwrite, progress)
+
+
+def _build(src: Path, out: Path, opts: BuildOptions, workers: int, num_partitions: int, partition: int,
+           overwrite: bool, progress: bool) -> dict:
     opts_id = {"input": str(src.resolve()), "num_partitions": num_partitions, "partition": partition, **asdict(opts)}
     if (out / "manifest.json").exists() and not overwrite:
         manifest = json.loads((out / "manifest.json").read_text())
@@ -244,6 +250,11 @@ def merge(out: Path) -> dict:
     """Gather ``out/part-*/`` (one per ``--partition``) into ``out``: shards renumbered per split in
     partition order (hard links where possible), manifests and error reports merged."""
     out = Path(out)
+    with FolderLock(out, "videomask build merge"):
+        return _merge(out)
+
+
+def _merge(out: Path) -> dict:
     parts = sorted(out.glob("part-*"))
     if not parts:
         raise SystemExit(f"error: {out} has no part-* folders to merge")
@@ -322,7 +333,10 @@ def main(argv=None) -> int:
         manifest = merge(out)
         print(summary(manifest, out))
         return 0 if sum(s["samples"] for s in manifest["shards"]) else 1
-    a = parser().parse_args(argv)
+    p = parser()
+    a = p.parse_args(argv)
+    if a.workers < 1:
+        p.error(f"--workers must be >= 1, got {a.workers}")
     opt_names = {f.name for f in fields(BuildOptions)}
     try:
         opts = BuildOptions(**{k: v for k, v in vars(a).items() if k in opt_names})

@@ -41,9 +41,10 @@ import torch
 from tqdm import tqdm
 
 from .. import anchors as anchors_mod
-from ..data import decode_jpeg, frame_names
+from ..data import (ErrorCounter, SampleError, check_sample, decode_jpeg, frame_names, inside, safe_decode,
+                    split_key, stated_frame_size, tar_samples)
 from ..errors import DataError, MissingError, VideomaskError
-from ..files import atomic_write, sha256_of, write_manifest
+from ..files import FolderLock, atomic_write, sha256_of, write_manifest
 from .clip_scorer import ClipScorer, aggregate
 from .text_scorer import TextEncoderScorer
 
@@ -52,19 +53,31 @@ class ScoringError(DataError):
     pass
 
 
-def read_samples(path: Path):
-    """Raw samples of one shard, in order: ``(key, [(member suffix, bytes), ...])``."""
-    samples, current, key = [], None, None
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if not m.isreg():
-                continue
-            k, _, suffix = m.name.partition(".")
-            if k != key:
-                key, current = k, []
-                samples.append((k, current))
-            current.append((suffix, tar.extractfile(m).read()))
+def read_samples(path: Path, errors: list | None = None, size: int | None = None):
+    """Raw samples of one shard, in order: ``(key, [(member suffix, bytes), ...])``, each checked by
+    ``videomask.data.check_sample`` first (safe names, regular members, no pickles, frame sizes from the JPEG
+    headers against ``size``, words, scores). A sample that fails, or a shard that is not a tar or breaks off,
+    goes to ``errors`` (source, key, reason); the rest are returned. ``errors=None``: the first problem raises."""
+    handler = ErrorCounter(strict=errors is None, verbose=False)
+    samples, grid = [], None
+    for raw in tar_samples([{"url": str(path)}], handler):
+        try:
+            size, grid = check_sample(safe_decode(raw), size, grid)
+        except SampleError as e:
+            if errors is None:
+                raise
+            errors.append({"source": str(path), "key": raw["__key__"], "stage": "score", "reason": f"{e.reason}: {e}"})
+            continue
+        samples.append((raw["__key__"], [(k, v) for k, v in raw.items() if not k.startswith("__")]))
+    for reason, message in handler.examples.items():  # the shard itself: not a tar, or cut short
+        errors.append({"source": str(path), "key": None, "stage": "score", "reason": f"{reason}: {message}"})
     return samples
+
+
+def count_samples(path: Path) -> int:
+    """Samples (distinct keys) in a tar written by ``write_tar``: headers only."""
+    with tarfile.open(path) as tar:
+        return len({split_key(m.name)[0] for m in tar})
 
 
 def write_tar(path: Path, samples):
@@ -202,50 +215,54 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
     scorer = Scorer(clip, words, anchors["hash"], aggregation, image_prompt,
                     word_prompt, batch_size, rescore, words=text_encoder)
     state_id = {**scorer.info, "input": str(src.resolve()), "input_shards": [s["sha256"] for s in manifest["shards"]]}
-    if overwrite and out.exists():
-        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / ".score.json"
-    if state_path.exists():
-        old = json.loads(state_path.read_text())
-        # the inputs are identified by their shards' sha256, not their path: a moved folder is the same input
-        diff = sorted(k for k in set(old) | set(state_id) if k != "input" and old.get(k) != state_id.get(k))
-        if diff:
-            raise ScoringError(f"{out} holds scores made with other settings ({', '.join(diff)} differ: another "
-                               "anchors file or CLIP model?); pass --overwrite to score again")
-    else:
-        atomic_write(state_path, json.dumps(state_id, indent=1))
-    for tmp in out.glob("*.tar.tmp"):
-        tmp.unlink()
-    errors_path = out / ".score-errors.jsonl"
-    done_errors = [json.loads(x) for x in errors_path.read_text().splitlines()] if errors_path.exists() else []
-    done_keys = {(e["source"], e["key"]) for e in done_errors}
-    bar = tqdm(total=sum(s["samples"] for s in manifest["shards"]), disable=not progress, desc="score", unit="sample")
-    shards = []
-    for s in manifest["shards"]:
-        dst = out / s["name"]
-        if dst.exists():  # finished in an earlier run: the rename happens only after a complete write
-            bar.update(s["samples"])
+    with FolderLock(out, "videomask score"):  # a second scoring into OUT is refused while this one runs
+        if overwrite:  # everything but the lock: a job that holds it keeps it
+            for child in out.iterdir():
+                if child.name != FolderLock.NAME:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        state_path = out / ".score.json"
+        if state_path.exists():
+            old = json.loads(state_path.read_text())
+            # the inputs are identified by their shards' sha256, not their path: a moved folder is the same input
+            diff = sorted(k for k in set(old) | set(state_id) if k != "input" and old.get(k) != state_id.get(k))
+            if diff:
+                raise ScoringError(f"{out} holds scores made with other settings ({', '.join(diff)} differ: another "
+                                   "anchors file or CLIP model?); pass --overwrite to score again")
         else:
-            errors = []
-            scored = scorer.score(src / s["name"], read_samples(src / s["name"]), errors)
-            write_tar(dst.with_name(dst.name + ".tmp"), scored)
-            with open(errors_path, "a") as f:
-                for e in errors:
-                    if (e["source"], e["key"]) not in done_keys:
-                        f.write(json.dumps(e) + "\n")
-            os.replace(dst.with_name(dst.name + ".tmp"), dst)
-            bar.update(s["samples"])
-        shards.append({**s, "samples": s["samples"], "bytes": dst.stat().st_size, "sha256": sha256_of(dst)})
-    bar.close()
-    errors = [json.loads(x) for x in errors_path.read_text().splitlines()] if errors_path.exists() else []
-    for s in shards:
-        s["samples"] -= sum(1 for e in errors if Path(e["source"]).name == s["name"])
-    result = write_manifest(out, {**manifest, "shards": shards, "scores": scorer.info, "scored_from": str(src),
-                                  "score_errors": len(errors), "anchors": words}, errors)
-    cache = scorer.words
-    result["word_cache"] = {"hits": cache.cache_hits, "misses": cache.cache_misses}
-    return result
+            atomic_write(state_path, json.dumps(state_id, indent=1))
+        for tmp in out.glob("*.tar.tmp"):
+            tmp.unlink()
+        errors_path = out / ".score-errors.jsonl"
+        done_errors = [json.loads(x) for x in errors_path.read_text().splitlines()] if errors_path.exists() else []
+        done_keys = {(e["source"], e["key"]) for e in done_errors}
+        bar = tqdm(total=sum(s["samples"] for s in manifest["shards"]), disable=not progress, desc="score", unit="sample")
+        shards = []
+        size = stated_frame_size(src)
+        for s in manifest["shards"]:
+            dst = inside(out, s["name"], manifest_path)  # a manifest entry never reaches outside OUT (or SHARDS)
+            if dst.exists():  # finished in an earlier run: the rename happens only after a complete write
+                bar.update(s["samples"])
+            else:
+                errors = []
+                shard = inside(src, s["name"], manifest_path)
+                scored = scorer.score(shard, read_samples(shard, errors, size), errors)
+                write_tar(dst.with_name(dst.name + ".tmp"), scored)
+                with open(errors_path, "a") as f:
+                    for e in errors:
+                        if (e["source"], e["key"]) not in done_keys:
+                            f.write(json.dumps(e) + "\n")
+                os.replace(dst.with_name(dst.name + ".tmp"), dst)
+                bar.update(s["samples"])
+            # the samples written (the input's, less those reported in the errors): counted in the tar itself
+            shards.append({**s, "samples": count_samples(dst), "bytes": dst.stat().st_size, "sha256": sha256_of(dst)})
+        bar.close()
+        errors = [json.loads(x) for x in errors_path.read_text().splitlines()] if errors_path.exists() else []
+        result = write_manifest(out, {**manifest, "shards": shards, "scores": scorer.info, "scored_from": str(src),
+                                      "score_errors": len(errors), "anchors": words}, errors)
+        cache = scorer.words
+        result["word_cache"] = {"hits": cache.cache_hits, "misses": cache.cache_misses}
+        return result
 
 
 def main(argv=None) -> int:
