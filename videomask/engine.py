@@ -109,7 +109,7 @@ def save_checkpoint(path: Path, state: dict, cfg):
 def read_checkpoint(path: Path, cfg) -> dict:
     try:  # weights_only: a checkpoint from elsewhere cannot run code
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state["config"], state["step"]
+        state["config"]
     except (RuntimeError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
         from .errors import DataError
 
