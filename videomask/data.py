@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 import tarfile
 import warnings
@@ -200,9 +199,11 @@ def frame_names(members) -> list[str]:
     return sorted((n for n in members if FRAME_RE.match(n)), key=lambda n: int(FRAME_RE.match(n).group(1)))
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> uint8 [H, W, 3] (libjpeg-turbo through Pillow)."""
-    with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:  # JPEG only: no format sniffing
+def decode_jpeg(data) -> np.ndarray:
+    """JPEG bytes, or a JPEG that ``check_sample`` opened (header parsed), -> uint8 [H, W, 3] (libjpeg-turbo
+    through Pillow)."""
+    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data), formats=("JPEG",))  # no sniffing
+    with img:
         return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
 
 
@@ -241,10 +242,13 @@ def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check_sample(s: dict, size: int | None = None, grid: tuple | None = None) -> tuple[int | None, tuple | None]:
+def check_sample(s: dict, size: int | None = None, grid: tuple | None = None,
+                 opened: dict | None = None) -> tuple[int | None, tuple | None]:
     """Raise ``SampleError`` (naming the shard, the key and the problem) unless the safely decoded sample ``s`` is
     usable; frames are checked from their JPEG headers, nothing is decoded. ``size``: the frame side the shard
-    states (or the stream's first); ``grid``: the stream's patch-score grid. Returns this sample's (size, grid)."""
+    states (or the stream's first); ``grid``: the stream's patch-score grid. ``opened``: where a usable sample's
+    frames go as header-parsed Pillow images (decoding them then skips a second parse), else they are closed.
+    Returns this sample's (size, grid)."""
     where = f"{s.get('__url__')}: sample {s.get('__key__')}"
 
     def bad(reason, message):
@@ -282,23 +286,6 @@ def check_sample(s: dict, size: int | None = None, grid: tuple | None = None) ->
     if not isinstance(indices, list) or len(names) != len(indices):
         bad("frame_count", f"has {len(names)} frames, its metadata lists "
                            f"{len(indices) if isinstance(indices, list) else indices!r} (truncated shard?)")
-    own = None
-    for n in names:
-        try:
-            with warnings.catch_warnings():  # Pillow's bomb warning: the size check below says more
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(s[n]), formats=("JPEG",)) as img:  # reads the header only
-                    wh = img.size
-        except Image.DecompressionBombError as e:
-            bad("frame_size", f"frame {n} claims a size beyond Pillow's limit ({e}): refused before decoding")
-        except Exception as e:  # noqa: BLE001  (PIL raises many kinds for a broken header)
-            bad("corrupt_frame", f"frame {n} is not a readable JPEG ({type(e).__name__}: {str(e)[:120]})")
-        want = (size, size) if size else (own or wh)
-        if wh != want or max(wh) > MAX_FRAME_SIDE:
-            stated = f"the shard's stated {size}x{size}" if size else (
-                f"the stream's {want[0]}x{want[1]}" if wh != want else f"the limit of {MAX_FRAME_SIDE} px")
-            bad("frame_size", f"frame {n} is {wh[0]}x{wh[1]} (from its header), not {stated}: refused before decoding")
-        own = wh
     for name, v in s.items():
         if not isinstance(v, np.ndarray):
             continue
@@ -311,6 +298,35 @@ def check_sample(s: dict, size: int | None = None, grid: tuple | None = None) ->
             if not np.isfinite(v).all():
                 bad("bad_patch_scores", f"member {name!r} holds NaN or infinite values")
             grid = tuple(v.shape[1:])
+    # frames last: their headers are parsed once, here, and (with ``opened``) handed on to decoding
+    own, images = None, {}
+    try:
+        for n in names:
+            try:
+                with warnings.catch_warnings():  # Pillow's bomb warning: the size check below says more
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    images[n] = Image.open(io.BytesIO(s[n]), formats=("JPEG",))  # parses the header only
+            except Image.DecompressionBombError as e:
+                bad("frame_size", f"frame {n} claims a size beyond Pillow's limit ({e}): refused before decoding")
+            except Exception as e:  # noqa: BLE001  (PIL raises many kinds for a broken header)
+                bad("corrupt_frame", f"frame {n} is not a readable JPEG ({type(e).__name__}: {str(e)[:120]})")
+            wh = images[n].size
+            want = (size, size) if size else (own or wh)
+            if wh != want or max(wh) > MAX_FRAME_SIDE:
+                stated = f"the shard's stated {size}x{size}" if size else (
+                    f"the stream's {want[0]}x{want[1]}" if wh != want else f"the limit of {MAX_FRAME_SIDE} px")
+                bad("frame_size", f"frame {n} is {wh[0]}x{wh[1]} (from its header), not {stated}: refused before "
+                                  "decoding")
+            own = wh
+    except SampleError:
+        for img in images.values():
+            img.close()
+        raise
+    if opened is None:
+        for img in images.values():
+            img.close()
+    else:
+        opened.update(images)
     return (own[0] if own else size), grid
 
 
@@ -323,27 +339,23 @@ class Validate:
 
     def __call__(self, samples):
         for s in samples:
+            opened = {}
             try:
-                size, grid = check_sample(s, self.size, self.grid)
+                size, grid = check_sample(s, self.size, self.grid, opened)
             except SampleError as e:
                 if self.handler(e):
                     continue
                 return
             self.size, self.grid = self.size or size, self.grid or grid
+            s.update(opened)  # the frames' parsed headers replace their bytes: to_sample decodes them
             yield s
 
 
 def to_sample(sample: dict, frames: bool = True) -> dict:
-    """Decoded members -> ``{"key", "frames", "text", "words", "meta", ...arrays}``.
+    """A sample that ``Validate`` passed -> ``{"key", "frames", "text", "words", "meta", ...arrays}``.
     ``frames=False`` leaves the JPEGs undecoded (``frames`` is None): for text-only consumers."""
-    meta = sample.get("json")
-    if not isinstance(meta, dict):
-        raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no .json metadata")
+    meta = sample["json"]
     names = frame_names(sample)
-    expected = len(meta.get("frame_indices", []))
-    if len(names) != expected:
-        raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has {len(names)} frames, "
-                         f"its metadata lists {expected} (truncated shard?)")
     decoded = None
     if frames and names:
         try:
@@ -543,7 +555,7 @@ class Windows:
 
     @staticmethod
     def _cut(s, a, b, j):
-        words, scores = [], []
+        words = []
         stored = s["meta"].get("word_scores")
         truth = s["meta"].get("word_truth")
         keep = [k for k, w in enumerate(s["words"]) if w["s"] >= a and w["e"] <= b]

@@ -287,11 +287,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
         skips.failed, short_texts = None, {"n": 0}
         it = batches()
         while step < o.max_steps:
-            # a broken dataset stops the run (every process together); a few bad samples are skipped and counted
-            if not all_ranks_true(not (skips.failed or skips.too_many(*skips.epoch())), world, device):
-                raise data.DataError(skips.failed or skips.too_many(*skips.epoch()) or
-                                     f"another process skipped more than data.max_skip_fraction="
-                                     f"{cfg.data.max_skip_fraction} of its samples (see its message)")
+            # a broken dataset stops the run; a few bad samples are skipped and counted. Judged on the host; with
+            # several processes only at log steps, where all of them are, so that they stop together
+            if world == 1 or step % cfg.run.log_every == 0:
+                why = skips.failed or skips.too_many(*skips.epoch())
+                if world > 1 and not all_ranks_true(not why, world, device):
+                    why = why or (f"another process skipped more than data.max_skip_fraction="
+                                  f"{cfg.data.max_skip_fraction} of its samples (see its message)")
+                if why:
+                    raise data.DataError(why)
             logs = {}
             for micro in range(o.grad_accum):
                 tw = time.perf_counter()

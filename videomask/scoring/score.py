@@ -222,14 +222,14 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
                 if child.name != FolderLock.NAME:
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         state_path = out / ".score.json"
-        if state_path.exists():
-            old = json.loads(state_path.read_text())
-            # the inputs are identified by their shards' sha256, not their path: a moved folder is the same input
-            diff = sorted(k for k in set(old) | set(state_id) if k != "input" and old.get(k) != state_id.get(k))
-            if diff:
-                raise ScoringError(f"{out} holds scores made with other settings ({', '.join(diff)} differ: another "
-                                   "anchors file or CLIP model?); pass --overwrite to score again")
-        else:
+        old = json.loads(state_path.read_text()) if state_path.exists() else None
+        # the inputs are identified by their shards' sha256, not their path: a moved folder is the same input
+        diff = sorted(k for k in set(old or {}) | set(state_id) if k != "input" and old.get(k) != state_id.get(k)
+                      ) if old else []
+        if diff and any(out.glob("*.tar")):
+            raise ScoringError(f"{out} holds scores made with other settings ({', '.join(diff)} differ: another "
+                               "anchors file or CLIP model?); pass --overwrite to score again")
+        if old is None or diff:  # new, or a start that was refused before any shard was finished: nothing to keep
             atomic_write(state_path, json.dumps(state_id, indent=1))
         for tmp in out.glob("*.tar.tmp"):
             tmp.unlink()
