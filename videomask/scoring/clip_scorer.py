@@ -74,6 +74,16 @@ class WordCache:
             return torch.empty(0, self.dim)
         return torch.stack([self._cache[k] for k in keys])
 
+    def encode_batch(self, words: tuple[str, ...], prompt: str = "{}") -> torch.Tensor:
+        """[n, D] embeddings of ``words`` embedded together as one batch, kept per (prompt, batch): the same batch
+        asked again (a loaded scorer scoring another folder of the same input) gives the same tensor, computed
+        once. Unlike ``encode_words``, a word's bits then depend only on the batch it is given in."""
+        memo = self.__dict__.setdefault("_batches", {})
+        key = (prompt, tuple(words))
+        if key not in memo:
+            memo[key] = self.encode_texts([prompt.format(w) for w in words])
+        return memo[key]
+
 
 class ClipScorer(WordCache):
     """Word and patch embeddings of one open_clip model, L2-normalised, with a per-word cache."""

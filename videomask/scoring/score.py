@@ -20,10 +20,21 @@ recipe), which text-only shards need and video shards may use for their words wh
 ``--clip`` scores their patches. Patch score = the same between the patch's dense CLIP feature (see
 ``videomask.scoring.clip_scorer``) and the anchors embedded with ``--image-prompt``.
 
-Resumable: output shards are written as ``.tmp`` and renamed when complete;
-rerunning skips finished shards. A rerun with other anchors or another model on
-the same OUT is refused (``--overwrite`` starts again); input shards that already
-carry scores are refused unless ``--rescore``.
+Streamed: each shard is read in chunks of samples, never whole; with ``--workers N`` the JPEGs are
+decoded in N DataLoader processes while the model scores (``videomask.scoring.stream``).
+
+At scale: ``torchrun --nproc_per_node G -m videomask.scoring.score SHARDS OUT ...`` shares the shards
+between G ranks (one GPU each) writing into the one OUT; ``--num-partitions P --partition p`` gives a job
+array's task its share (in ``OUT/part-NNNNN``), and ``python -m videomask.scoring.score merge OUT`` (or
+``videomask build merge OUT``) gathers them. The output is byte-identical for any number of ranks, workers
+or partitions: frames are batched per shard's chunks, and every word of the input is scored once, in fixed
+batches of the sorted vocabulary (``Scorer.word_table``), so no result depends on who met a word first.
+
+Resumable: output shards are written as ``.tmp``, recorded in ``OUT/.score/NAME.json`` (counts, checksum,
+the samples refused) and renamed when complete; rerunning (after a crash, ``kill -9`` or a dead rank, with
+any number of ranks) scores only the shards missing. A rerun with other anchors or another model on the
+same OUT is refused (``--overwrite`` starts again), as is a second job on OUT while one runs; input
+shards that already carry scores are refused unless ``--rescore``.
 """
 from __future__ import annotations
 
@@ -33,7 +44,7 @@ import json
 import os
 import shutil
 import sys
-import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +52,20 @@ import torch
 from tqdm import tqdm
 
 from .. import anchors as anchors_mod
-from ..data import (ErrorCounter, SampleError, check_sample, decode_jpeg, frame_names, inside, safe_decode,
-                    split_key, stated_frame_size, tar_samples)
+from ..data import (
+    ErrorCounter,
+    SampleError,
+    check_sample,
+    inside,
+    safe_decode,
+    stated_frame_size,
+    tar_samples,
+)
 from ..errors import DataError, MissingError, VideomaskError
-from ..files import FolderLock, atomic_write, sha256_of, write_manifest
+from ..files import FolderLock, LockedError, atomic_write, sha256_of, write_manifest
+from ..prep.inputs import partition_of
 from .clip_scorer import ClipScorer, aggregate
+from .stream import ShardChunks, as_is, vocabulary
 from .text_scorer import TextEncoderScorer
 
 
@@ -72,12 +92,6 @@ def read_samples(path: Path, errors: list | None = None, size: int | None = None
     for reason, message in handler.examples.items():  # the shard itself: not a tar, or cut short
         errors.append({"source": str(path), "key": None, "stage": "score", "reason": f"{reason}: {message}"})
     return samples
-
-
-def count_samples(path: Path) -> int:
-    """Samples (distinct keys) in a tar written by ``write_tar``: headers only."""
-    with tarfile.open(path) as tar:
-        return len({split_key(m.name)[0] for m in tar})
 
 
 def write_tar(path: Path, samples):
@@ -111,10 +125,35 @@ class Scorer:
                      "word_prompt": word_prompt, "image_prompt": image_prompt,
                      "dense": clip.dense_mode if clip else None, "grid": [clip.grid, clip.grid] if clip else None}
 
+    #: words per text-encoder batch in ``word_table``: fixed, so that a word's batch never depends on the job's split
+    WORD_CHUNK = 256
+
+    def word_table(self, vocab: list[str], rank: int = 0, world: int = 1):
+        """Score every word of ``vocab`` (sorted, lowercased: the whole input's words) once, in fixed chunks of
+        ``WORD_CHUNK``: a word is always embedded in the same batch, whichever rank, partition or shard order meets
+        it first, so its score is the same bits for any split of the job (a per-process cache would embed it in
+        whatever batch came first). With several ranks each embeds every ``world``-th chunk and they share."""
+        table = {}
+        for c in range(rank, (len(vocab) + self.WORD_CHUNK - 1) // self.WORD_CHUNK, world):
+            chunk = vocab[c * self.WORD_CHUNK:(c + 1) * self.WORD_CHUNK]
+            emb = self.words.encode_batch(tuple(chunk), self.word_prompt)
+            table.update(zip(chunk, (round(float(x), 4) for x in aggregate(emb @ self.anchor_words.T,
+                                                                            self.aggregation))))
+        if world > 1:
+            import torch.distributed as dist
+
+            parts = [None] * world
+            dist.all_gather_object(parts, table)
+            table = {k: v for part in parts for k, v in part.items()}
+        self.table = table
+
     def word_scores(self, words: list[dict]) -> list[float]:
         if not words:
             return []
-        emb = self.words.encode_words([w["w"] for w in words], self.word_prompt)
+        table = getattr(self, "table", {})
+        if all(w["w"].lower() in table for w in words):
+            return [table[w["w"].lower()] for w in words]
+        emb = self.words.encode_words([w["w"] for w in words], self.word_prompt)  # outside a table: cached
         return [round(float(s), 4) for s in aggregate(emb @ self.anchor_words.T, self.aggregation)]
 
     def patch_scores(self, frames: torch.Tensor) -> np.ndarray:
@@ -125,34 +164,12 @@ class Scorer:
             out.append(aggregate(feats @ self.anchor_images.T.to(feats.device), self.aggregation).cpu())
         return torch.cat(out).numpy().astype(np.float16)
 
-    def score(self, shard: Path, samples, errors: list):
-        """Score the raw samples of one shard; a sample that cannot be scored goes to ``errors``."""
-        metas, frames, spans = [], [], []
-        for key, members in samples:
-            d = dict(members)
-            try:
-                meta = json.loads(d["json"])
-                if "scores" in meta and not self.rescore:
-                    raise ScoringError(f"{shard}: sample {key} is already scored (anchors {meta['scores'].get('anchors_hash')}"
-                                       "); pass --rescore to replace its scores")
-                arr = [decode_jpeg(d[n]) for n in frame_names(d)]
-                if arr and self.clip is None:
-                    raise ScoringError(f"{shard}: sample {key} has frames, and patch scores need a CLIP model: give "
-                                       "--clip as well as --text-encoder")
-            except ScoringError:
-                raise
-            except Exception as e:  # a corrupt JPEG or JSON: reported, never silently dropped
-                errors.append({"source": str(shard), "key": key, "stage": "score", "reason": f"{type(e).__name__}: {e}"})
-                continue
-            metas.append((key, members, meta))
-            spans.append((len(frames), len(frames) + len(arr)))
-            frames += arr
-        grid = (self.patch_scores(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2))
-                if frames else np.zeros((0, 1, 1), np.float16))
+    def score_chunk(self, chunk: dict) -> list[tuple[str, list]]:
+        """A chunk of ``videomask.scoring.stream.ShardChunks`` -> scored ``(key, members)`` samples, in order."""
+        grid = self.patch_scores(chunk["frames"]) if chunk["frames"] is not None else None
         out = []
-        for (key, members, meta), (a, b) in zip(metas, spans):
-            meta["word_scores"] = self.word_scores(meta.get("words", []))
-            meta["scores"] = self.info
+        for (key, members, meta), (a, b) in zip(chunk["samples"], chunk["spans"]):
+            meta = {**meta, "word_scores": self.word_scores(meta.get("words", [])), "scores": self.info}
             kept = [(s, v) for s, v in members if s not in ("json", "patch_scores.npy")]
             kept.append(("json", json.dumps(meta).encode()))
             if b > a:
@@ -186,14 +203,126 @@ def word_scorer(anchors_path, text_encoder: str | TextEncoderScorer = "gt-all-mi
     return score_rows
 
 
+def _process_group() -> tuple[int, int, int]:
+    """(rank, world size, local rank) under ``torchrun``, joining its process group (gloo: the ranks only share
+    small Python objects; the long timeout because ranks with fewer frames wait at the end for the others)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _shared(world: int, value):
+    """Rank 0's ``value``, on every rank."""
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gathered(world: int, value) -> list:
+    if world == 1:
+        return [value]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _journal(out: Path, name: str) -> Path:
+    """Where a finished shard's record (counts, checksum, the samples refused) is kept: written before the shard
+    is renamed into place, so a shard in OUT always has one."""
+    return out / ".score" / f"{name}.json"
+
+
+class _ShardOut:
+    """One output shard being written: ``NAME.tmp`` until its last chunk, then journal, then rename."""
+
+    def __init__(self, out: Path, shard: dict):
+        import webdataset as wds
+
+        self.out, self.shard = out, shard
+        self.dst = inside(out, shard["name"], out / "manifest.json")
+        self.tmp = self.dst.with_name(self.dst.name + ".tmp")
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.tmp, "wb")
+        self.tar = wds.TarWriter(self.file, encoder=False, mtime=0)  # mtime 0: reruns are byte-identical
+        self.samples, self.errors = 0, []
+
+    def write(self, scored):
+        for key, members in scored:
+            self.tar.write({"__key__": key, **dict(members)})
+            self.samples += 1
+
+    def finish(self):
+        self.tar.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        record = {"name": self.shard["name"], "samples": self.samples, "bytes": self.tmp.stat().st_size,
+                  "sha256": sha256_of(self.tmp), "errors": self.errors}
+        journal = _journal(self.out, self.shard["name"])
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(journal, json.dumps(record))
+        os.replace(self.tmp, self.dst)
+
+
+def _prepare(out: Path, state_id: dict, overwrite: bool):
+    """Rank 0, holding OUT's lock: start again (``overwrite``), or check that OUT's scores were made like these."""
+    if overwrite:  # everything but the lock: a job that holds it keeps it
+        for child in out.iterdir():
+            if child.name != FolderLock.NAME:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    state_path = out / ".score.json"
+    old = json.loads(state_path.read_text()) if state_path.exists() else None
+    # the inputs are identified by their shards' sha256, not their path: a moved folder is the same input
+    diff = sorted(k for k in set(old or {}) | set(state_id) if k != "input" and old.get(k) != state_id.get(k)
+                  ) if old else []
+    if diff and any(out.glob("*.tar")):
+        raise ScoringError(f"{out} holds scores made with other settings ({', '.join(diff)} differ: another "
+                           "anchors file or CLIP model?); pass --overwrite to score again")
+    if old is None or diff:  # new, or a start that was refused before any shard was finished: nothing to keep
+        atomic_write(state_path, json.dumps(state_id, indent=1))
+
+
+def _finish(out: Path, manifest: dict, shards: list[dict], info: dict, src: Path, words: list[str],
+            partition: dict | None) -> dict:
+    """``manifest.json`` and ``errors.jsonl`` from the shards' journals, in the input's shard order: the same
+    bytes whatever the number of ranks or partitions that wrote them."""
+    records, errors = [], []
+    for s in shards:
+        j = json.loads(_journal(out, s["name"]).read_text())
+        records.append({**s, "samples": j["samples"], "bytes": j["bytes"], "sha256": j["sha256"]})
+        errors += j["errors"]
+    for tmp in out.glob("**/*.tar.tmp"):  # left by a rank killed mid-shard, in a run finished since
+        tmp.unlink()
+    extra = {"score_partition": partition} if partition else {}
+    return write_manifest(out, {**manifest, "shards": records, "scores": info, "scored_from": str(src),
+                                "score_errors": len(errors), "anchors": words, **extra}, errors)
+
+
 def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScorer | None = None,
                  pretrained: str | None = None, aggregation: str = "max", image_prompt: str = "a photo of a {}.",
                  word_prompt: str = "{}", batch_size: int = 64, device: str = "auto", rescore: bool = False,
                  overwrite: bool = False, progress: bool = True, text_encoder: str | TextEncoderScorer | None = None,
-                 pooling: str = "auto") -> dict:
+                 pooling: str = "auto", workers: int = 0, num_partitions: int = 1, partition: int = 0) -> dict:
     """Score SHARDS into OUT (see the module docstring). ``clip`` scores patches (and words, unless
-    ``text_encoder`` is given); either may be a loaded scorer, to score several folders with one model."""
+    ``text_encoder`` is given); either may be a loaded scorer, to score several folders with one model.
+    ``workers``: DataLoader processes decoding frames. ``num_partitions``/``partition``: this job's share of a
+    job array (output in ``OUT/part-NNNNN``, then ``merge``). Under ``torchrun`` the ranks share the job's shards."""
     src, out = Path(src), Path(out)
+    if not 0 <= partition < num_partitions:
+        raise ScoringError(f"--partition {partition} must be in [0, --num-partitions {num_partitions})")
+    if workers < 0:
+        raise ScoringError(f"--workers must be >= 0, got {workers}")
     manifest_path = src / "manifest.json"
     if not manifest_path.exists():
         raise MissingError(f"{src}: no manifest.json (is this a folder of videomask shards?)")
@@ -208,6 +337,10 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
         raise ScoringError("OUT must differ from SHARDS: scored shards are written next to, not over, the input")
     if clip is None and text_encoder is None:
         raise ScoringError("nothing to score with: give a CLIP model (--clip) or a text encoder (--text-encoder)")
+    inputs = [inside(src, s["name"], manifest_path) for s in manifest["shards"]]  # never outside SHARDS
+    rank, world, local = _process_group()
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local}"  # one GPU per rank
     if clip is not None and not isinstance(clip, ClipScorer):
         clip = ClipScorer(clip, pretrained, device)
     if text_encoder is not None and not isinstance(text_encoder, TextEncoderScorer):
@@ -215,54 +348,136 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
     scorer = Scorer(clip, words, anchors["hash"], aggregation, image_prompt,
                     word_prompt, batch_size, rescore, words=text_encoder)
     state_id = {**scorer.info, "input": str(src.resolve()), "input_shards": [s["sha256"] for s in manifest["shards"]]}
-    out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out, "videomask score"):  # a second scoring into OUT is refused while this one runs
-        if overwrite:  # everything but the lock: a job that holds it keeps it
-            for child in out.iterdir():
-                if child.name != FolderLock.NAME:
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        state_path = out / ".score.json"
-        old = json.loads(state_path.read_text()) if state_path.exists() else None
-        # the inputs are identified by their shards' sha256, not their path: a moved folder is the same input
-        diff = sorted(k for k in set(old or {}) | set(state_id) if k != "input" and old.get(k) != state_id.get(k)
-                      ) if old else []
-        if diff and any(out.glob("*.tar")):
-            raise ScoringError(f"{out} holds scores made with other settings ({', '.join(diff)} differ: another "
-                               "anchors file or CLIP model?); pass --overwrite to score again")
-        if old is None or diff:  # new, or a start that was refused before any shard was finished: nothing to keep
-            atomic_write(state_path, json.dumps(state_id, indent=1))
-        for tmp in out.glob("*.tar.tmp"):
-            tmp.unlink()
-        errors_path = out / ".score-errors.jsonl"
-        done_errors = [json.loads(x) for x in errors_path.read_text().splitlines()] if errors_path.exists() else []
-        done_keys = {(e["source"], e["key"]) for e in done_errors}
-        bar = tqdm(total=sum(s["samples"] for s in manifest["shards"]), disable=not progress, desc="score", unit="sample")
-        shards = []
-        size = stated_frame_size(src)
-        for s in manifest["shards"]:
-            dst = inside(out, s["name"], manifest_path)  # a manifest entry never reaches outside OUT (or SHARDS)
-            if dst.exists():  # finished in an earlier run: the rename happens only after a complete write
-                bar.update(s["samples"])
-            else:
-                errors = []
-                shard = inside(src, s["name"], manifest_path)
-                scored = scorer.score(shard, read_samples(shard, errors, size), errors)
-                write_tar(dst.with_name(dst.name + ".tmp"), scored)
-                with open(errors_path, "a") as f:
-                    for e in errors:
-                        if (e["source"], e["key"]) not in done_keys:
-                            f.write(json.dumps(e) + "\n")
-                os.replace(dst.with_name(dst.name + ".tmp"), dst)
-                bar.update(s["samples"])
-            # the samples written (the input's, less those reported in the errors): counted in the tar itself
-            shards.append({**s, "samples": count_samples(dst), "bytes": dst.stat().st_size, "sha256": sha256_of(dst)})
+    job = list(range(len(manifest["shards"])))
+    part = None
+    if num_partitions > 1:  # a stable share of the shards, by name; its own folder, merged afterwards
+        job = [i for i in job if partition_of(manifest["shards"][i]["name"], num_partitions) == partition]
+        part = {"num_partitions": num_partitions, "partition": partition, "positions": job}
+        state_id.update(num_partitions=num_partitions, partition=partition)
+        out = out / f"part-{partition:05d}"
+    for i in job:  # every name confined to OUT before anything is written
+        inside(out, manifest["shards"][i]["name"], manifest_path)
+    lock, problem = None, None
+    if rank == 0:  # a second scoring into OUT is refused while this one runs (the ranks of one job share its lock)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = FolderLock(out, "videomask score").acquire()
+            _prepare(out, state_id, overwrite)
+        except (VideomaskError, OSError) as e:
+            problem = e
+    shared = _shared(world, None if problem is None else (type(problem).__name__, str(problem)))
+    if problem is not None:
+        raise problem
+    if shared is not None:
+        raise (LockedError if shared[0] == "LockedError" else ScoringError)(shared[1])
+    try:
+        mine = job[rank::world]
+        todo = [i for i in mine if not (inside(out, manifest["shards"][i]["name"], manifest_path).exists()
+                                        and _journal(out, manifest["shards"][i]["name"]).exists())]
+        if any(_gathered(world, bool(todo))):
+            vocab = set().union(*_gathered(world, vocabulary(inputs[rank::world])))
+            scorer.word_table(sorted(vocab), rank, world)
+        done_samples = sum(manifest["shards"][i]["samples"] for i in mine if i not in todo)
+        bar = tqdm(total=sum(manifest["shards"][i]["samples"] for i in mine), initial=done_samples,
+                   disable=not progress or rank > 0, desc="score", unit="sample")
+        timing = _score(scorer, [manifest["shards"][i] for i in todo], [inputs[i] for i in todo], out,
+                        stated_frame_size(src), workers, bar)
         bar.close()
-        errors = [json.loads(x) for x in errors_path.read_text().splitlines()] if errors_path.exists() else []
-        result = write_manifest(out, {**manifest, "shards": shards, "scores": scorer.info, "scored_from": str(src),
-                                      "score_errors": len(errors), "anchors": words}, errors)
-        cache = scorer.words
-        result["word_cache"] = {"hits": cache.cache_hits, "misses": cache.cache_misses}
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        result = None
+        if rank == 0:
+            result = _finish(out, manifest, [manifest["shards"][i] for i in job], scorer.info, src, words, part)
+        result = _shared(world, result)
+        result["word_table"] = len(getattr(scorer, "table", {}))
+        result["timing"] = timing  # this rank's: not in the manifest, which must not depend on the machine
         return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _score(scorer: Scorer, shards: list[dict], paths: list[Path], out: Path, size: int | None, workers: int,
+           bar) -> dict:
+    """Score ``shards`` into ``out``: chunks from ``ShardChunks`` (decoded in ``workers`` processes), each shard
+    written as ``.tmp``, journalled, then renamed. Up to ``workers`` shards are open at once (one per worker).
+    Returns the seconds spent in all and waiting for the next chunk (with ``workers=0``: reading + decoding)."""
+    t_start, wait = time.perf_counter(), 0.0
+    if not shards:
+        return {"seconds": 0.0, "data_wait_seconds": 0.0}
+    frames_per_chunk = scorer.batch_size
+    dataset = ShardChunks([(s["name"], p) for s, p in zip(shards, paths)], size, frames_per_chunk, scorer.rescore,
+                          scorer.clip is not None)
+    cuda = scorer.clip is not None and scorer.clip.device.type == "cuda"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=min(workers, len(shards)),
+                                         collate_fn=as_is, pin_memory=cuda, prefetch_factor=4 if workers else None)
+    by_name, open_ = {s["name"]: s for s in shards}, {}
+    try:
+        chunks = iter(loader)
+        while True:
+            t = time.perf_counter()
+            chunk = next(chunks, None)
+            wait += time.perf_counter() - t
+            if chunk is None:
+                break
+            if chunk["fatal"]:
+                raise ScoringError(chunk["fatal"])
+            name = chunk["shard"]
+            if name not in open_:
+                open_[name] = _ShardOut(out, by_name[name])
+            w = open_[name]
+            w.write(scorer.score_chunk(chunk))
+            w.errors += chunk["errors"]
+            bar.update(len(chunk["samples"]) + sum(1 for e in chunk["errors"] if e["key"]))
+            if chunk["last"]:
+                open_.pop(name).finish()
+    finally:
+        for w in open_.values():  # stopped mid-shard: the .tmp is rewritten by the rerun
+            w.file.close()
+    if scorer.clip is not None and scorer.clip.device.type == "cuda":
+        torch.cuda.synchronize(scorer.clip.device)
+    return {"seconds": time.perf_counter() - t_start, "data_wait_seconds": wait}
+
+
+def merge(out: Path) -> dict:
+    """Gather ``out/part-*/`` (one per ``--partition`` of a scoring job array) into ``out``: the shards keep their
+    names (hard links where possible), the manifest and ``errors.jsonl`` are those one job would have written."""
+    out = Path(out)
+    with FolderLock(out, "videomask score merge"):
+        parts = sorted(p for p in out.glob("part-*") if p.is_dir())
+        if not parts:
+            raise ScoringError(f"{out} has no part-* folders to merge")
+        manifests = []
+        for p in parts:
+            if not (p / "manifest.json").exists():
+                raise ScoringError(f"{p} has no manifest.json: that partition has not finished (rerun it)")
+            manifests.append(json.loads((p / "manifest.json").read_text()))
+        if any("score_partition" not in m for m in manifests):
+            raise ScoringError(f"{out}: the part-* folders are not scoring partitions")
+        n = manifests[0]["score_partition"]["num_partitions"]
+        if len(parts) != n or sorted(m["score_partition"]["partition"] for m in manifests) != list(range(n)):
+            raise ScoringError(f"{out} has {len(parts)} partitions of {n}; run the missing ones first")
+        if any(m["scores"] != manifests[0]["scores"] for m in manifests):
+            raise ScoringError(f"{out}: the partitions were scored with different settings; score them again")
+        placed = []
+        for p, m in zip(parts, manifests):
+            for pos, s in zip(m["score_partition"]["positions"], m["shards"]):
+                j = json.loads(_journal(p, s["name"]).read_text())
+                placed.append((pos, s, j["errors"]))
+                dst = inside(out, s["name"], out / "manifest.json")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.unlink(missing_ok=True)
+                try:
+                    os.link(p / s["name"], dst)
+                except OSError:
+                    shutil.copyfile(p / s["name"], dst)
+        placed.sort(key=lambda x: x[0])
+        errors = [e for _, _, errs in placed for e in errs]
+        manifest = {k: v for k, v in manifests[0].items() if k != "score_partition"}
+        return write_manifest(out, {**manifest, "shards": [s for _, s, _ in placed], "score_errors": len(errors)},
+                              errors)
 
 
 def main(argv=None) -> int:
@@ -287,22 +502,52 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--rescore", action="store_true", help="replace scores already in the input shards")
     p.add_argument("--overwrite", action="store_true", help="delete OUT and score again")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding frames (0: in the main "
+                   "process); the output is the same for any N (default: %(default)s)")
+    p.add_argument("--num-partitions", type=int, default=1, help="split the shards over a job array of this size")
+    p.add_argument("--partition", type=int, default=0, help="this task's partition; output in OUT/part-NNNNN, "
+                   "then: python -m videomask.scoring.score merge OUT")
     p.add_argument("--quiet", action="store_true")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "merge":
+        m = argparse.ArgumentParser(prog="python -m videomask.scoring.score merge",
+                                    description="gather the part-* folders of a partitioned scoring into OUT")
+        m.add_argument("out", type=Path)
+        out = m.parse_args(argv[1:]).out
+        try:
+            r = merge(out)
+        except VideomaskError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{sum(s['samples'] for s in r['shards'])} samples in {len(r['shards'])} shards "
+              f"({r['score_errors']} could not be scored: see errors.jsonl) -> {out}")
+        return 0
     a = p.parse_args(argv)
     if a.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.workers < 0:
+        p.error(f"--workers must be >= 0, got {a.workers}")
+    if not 0 <= a.partition < a.num_partitions:
+        p.error(f"--partition {a.partition} must be in [0, --num-partitions {a.num_partitions})")
     from ..logs import quiet_third_party
 
     quiet_third_party()
     try:
         r = score_shards(a.shards, a.out, a.anchors, a.clip, a.pretrained, a.aggregation, a.image_prompt,
                          a.word_prompt, a.batch_size, a.device, a.rescore, a.overwrite, progress=not a.quiet,
-                         text_encoder=a.text_encoder, pooling=a.pooling)
+                         text_encoder=a.text_encoder, pooling=a.pooling, workers=a.workers,
+                         num_partitions=a.num_partitions, partition=a.partition)
     except VideomaskError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # one message, not one per rank
+            print(f"error: {e}", file=sys.stderr)
         return 2
     n = sum(s["samples"] for s in r["shards"])
-    print(f"{n} samples scored ({r['score_errors']} could not be: see errors.jsonl) -> {a.out}")
+    where = a.out / f"part-{a.partition:05d}" if a.num_partitions > 1 else a.out
+    if int(os.environ.get("RANK", "0")) == 0:
+        t = r["timing"]
+        busy = (f"; {t['seconds']:.1f} s, {t['data_wait_seconds'] / t['seconds']:.0%} waiting for data"
+                if t["seconds"] else "")
+        print(f"{n} samples scored ({r['score_errors']} could not be: see errors.jsonl) -> {where}{busy}")
     return 0
 
 

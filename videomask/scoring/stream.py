@@ -1,0 +1,130 @@
+"""The scorer's input pipeline: shards streamed in chunks, frames decoded in DataLoader workers.
+
+``ShardChunks`` is an ``IterableDataset`` over one job's shards. Each worker takes whole shards (shard ``i`` goes to
+worker ``i % workers``) and streams each one in *chunks*: consecutive samples, checked by
+``videomask.data.check_sample`` and with their JPEG frames decoded into one uint8 tensor, until the chunk holds at
+least ``frames_per_chunk`` frames. A shard is never held whole in memory, and the model (in the main process) never
+waits on JPEG decoding when ``workers >= 1``.
+
+Chunk boundaries depend only on the shard's content, so the frames a CLIP forward pass sees together are the same
+whatever the number of workers, ranks or partitions: the scored output is byte-identical for any of them.
+
+``vocabulary`` reads only the ``.json`` members of every shard (the tar is seeked past the frames): the sorted
+words that ``Scorer.word_table`` embeds in fixed chunks, for the same reason (see ``score.py``).
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import (
+    ErrorCounter,
+    SampleError,
+    check_sample,
+    decode_jpeg,
+    frame_names,
+    safe_decode,
+    tar_samples,
+)
+
+
+class FatalInput(Exception):
+    """A sample that stops the whole scoring (already scored without --rescore; frames without a CLIP model)."""
+
+
+def vocabulary(paths: list[Path]) -> set[str]:
+    """Lowercased words of every sample's ``.json`` in ``paths`` (unreadable shards and members are skipped
+    here: the scoring pass reports them)."""
+    words = set()
+    for path in paths:
+        try:
+            with tarfile.open(path, mode="r:") as tar:  # random access: seeks past the frames' data
+                for m in tar:
+                    if m.isreg() and m.name.endswith(".json"):
+                        try:
+                            meta = json.loads(tar.extractfile(m).read())
+                            words.update(w["w"].lower() for w in meta.get("words", []) if isinstance(w.get("w"), str))
+                        except (ValueError, AttributeError, TypeError):
+                            continue
+        except (tarfile.TarError, OSError, EOFError):
+            continue
+    return words
+
+
+class ShardChunks(torch.utils.data.IterableDataset):
+    """Chunks of ``shards`` (``[(name, path), ...]``): dicts with ``shard`` (name), ``samples``
+    (``[(key, members, meta)]``), ``frames`` (uint8 ``[N, 3, S, S]`` or None), ``spans`` (each sample's frame range),
+    ``errors`` (samples refused, as ``errors.jsonl`` lines), ``last`` (the shard's final chunk: every shard ends
+    with one, even an empty or unreadable shard) and ``fatal`` (a message that must stop the job, or None)."""
+
+    def __init__(self, shards: list[tuple[str, Path]], size: int | None, frames_per_chunk: int, rescore: bool,
+                 have_clip: bool):
+        self.shards, self.size, self.frames_per_chunk = shards, size, max(1, frames_per_chunk)
+        self.rescore, self.have_clip = rescore, have_clip
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for i, (name, path) in enumerate(self.shards):
+            if i % workers == worker:
+                yield from self.chunks(name, Path(path))
+
+    def chunks(self, name: str, path: Path):
+        handler = ErrorCounter(strict=False, verbose=False)
+        chunk, grid, size = self._empty(name), None, self.size
+        for raw in tar_samples([{"url": str(path)}], handler):
+            key = raw["__key__"]
+            try:
+                s, opened = safe_decode(raw), {}
+                size, grid = check_sample(s, size, grid, opened)
+                meta = s["json"]
+                if "scores" in meta and not self.rescore:
+                    raise FatalInput(f"{path}: sample {key} is already scored (anchors "
+                                     f"{meta['scores'].get('anchors_hash')}); pass --rescore to replace its scores")
+                names = frame_names(s)
+                if names and not self.have_clip:
+                    raise FatalInput(f"{path}: sample {key} has frames, and patch scores need a CLIP model: give "
+                                     "--clip as well as --text-encoder")
+                frames = [decode_jpeg(opened[n]) for n in names]
+            except FatalInput as e:
+                yield {**self._empty(name), "fatal": str(e), "last": True}
+                return
+            except SampleError as e:
+                chunk["errors"].append(_error(path, key, f"{e.reason}: {e}"))
+                continue
+            except Exception as e:  # JPEG data that breaks after a good header: reported, never silently dropped
+                chunk["errors"].append(_error(path, key, f"{type(e).__name__}: {e}"))
+                continue
+            members = [(k, v) for k, v in raw.items() if not k.startswith("__")]
+            chunk["samples"].append((key, members, meta))
+            chunk["spans"].append((len(chunk["frames"]), len(chunk["frames"]) + len(frames)))
+            chunk["frames"] += frames
+            if len(chunk["frames"]) >= self.frames_per_chunk:
+                yield self._finish(chunk)
+                chunk = self._empty(name)
+        for reason, message in handler.examples.items():  # the shard itself: missing, not a tar, or cut short
+            chunk["errors"].append(_error(path, None, f"{reason}: {message}"))
+        yield {**self._finish(chunk), "last": True}
+
+    @staticmethod
+    def _empty(name):
+        return {"shard": name, "samples": [], "frames": [], "spans": [], "errors": [], "last": False, "fatal": None}
+
+    @staticmethod
+    def _finish(chunk):
+        frames = chunk["frames"]
+        chunk["frames"] = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous() if frames else None
+        return chunk
+
+
+def _error(path, key, reason):
+    return {"source": str(path), "key": key, "stage": "score", "reason": reason}
+
+
+def as_is(item):
+    """The DataLoader's collate_fn: chunks are batches already."""
+    return item
