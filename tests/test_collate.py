@@ -126,6 +126,9 @@ def test_bad_input(tokenizer, samples, tmp_path):
     nan = text_sample("n", "one two three four five six seven", [0.1, float("nan"), 0, 0, 0, 0, 0])
     with pytest.raises(MaskingError, match="sample n: its word scores contain NaN"):
         MaskingCollator(tokenizer)([nan])
+    ragged = text_sample("r", "one two three four five six seven", [0.1, 0.2, 0.3])
+    with pytest.raises(MaskingError, match="sample r: 3 word scores for 7 words"):
+        MaskingCollator(tokenizer)([nan, ragged])
     for kw, match in [({"text_ratio": 1.2}, r"ratio must be in \(0, 1\)"), ({"alpha": -0.1}, r"alpha must be"),
                       ({"strategy": "bogus"}, "unknown masking strategy 'bogus'")]:
         with pytest.raises(MaskingError, match=match):

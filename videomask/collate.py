@@ -29,6 +29,7 @@ worker count or batch composition, and after a resume.
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import numpy as np
 import torch
@@ -235,10 +236,17 @@ class MaskingCollator:
 
     @staticmethod
     def _word_values(samples, n_words, key):
+        rows = [s["meta"][key] for s in samples]
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        wrong = (lengths != np.fromiter((len(s["words"]) for s in samples), np.int64, len(rows))).nonzero()[0]
+        if len(wrong):
+            s = samples[wrong[0]]
+            raise masking.MaskingError(f"sample {s['key']}: {len(s['meta'][key])} {key.replace('_', ' ')} for "
+                                       f"{len(s['words'])} words")
         out = np.zeros((len(samples), n_words), dtype=np.float32)
-        for b, s in enumerate(samples):
-            ws = s["meta"][key]
-            out[b, :len(ws)] = ws
+        # one conversion of all the values, placed by a mask of the filled slots (row-major, as they come)
+        out[np.arange(n_words)[None, :] < lengths[:, None]] = np.fromiter(itertools.chain.from_iterable(rows),
+                                                                          dtype=np.float32, count=int(lengths.sum()))
         bad = np.isnan(out).any(1).nonzero()[0]
         if len(bad):
             raise masking.MaskingError(f"sample {samples[bad[0]]['key']}: its {key.replace('_', ' ')} contain NaN")

@@ -173,16 +173,16 @@ def difference(scores, valid, ratio, generator, alpha: float = 1.0, mode: str = 
     if mode == "topk":
         n_top = torch.minimum(torch.floor(alpha * budget.double() + 1e-9).long(), ranked.sum(1))
         # the noise only orders exactly equal scores (float16 grids have many): a random tie-break
-        top = _take_top(flat_scores.double() + 1e-9 * u.double(), ranked, n_top)
+        top = _take_top(flat_scores.double().add_(u.double(), alpha=1e-9), ranked, n_top)
         rest = _take_top(u, flat_valid & ~top, budget - n_top)
         return (top | rest).view_as(valid)
     if mode == "rank":
         w = _ordinal_weights(flat_scores, ranked, None if word_ids is None else word_ids.flatten(1))
-        p_rank = w / w.sum(1, keepdim=True).clamp(min=1e-12)
-        n = flat_valid.sum(1, keepdim=True).clamp(min=1)
-        p = alpha * p_rank + (1 - alpha) * flat_valid.float() / n
+        p = w / w.sum(1, keepdim=True).clamp(min=1e-12)
+        if alpha < 1:
+            p = alpha * p + (1 - alpha) * flat_valid.float() / flat_valid.sum(1, keepdim=True).clamp(min=1)
         # Gumbel top-k: keys log p + Gumbel noise; the largest `budget` are a sample without replacement
-        keys = torch.log(p) - torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-7)))
+        keys = torch.log(p).sub_(torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-7))))
         chosen = _take_top(keys, flat_valid & (p > 0), budget)
         rest = _take_top(u, flat_valid & ~chosen, budget - chosen.sum(1))
         return (chosen | rest).view_as(valid)
