@@ -359,12 +359,29 @@ def test_frame_limit_without_a_stated_size_and_decoding_from_the_checked_headers
     sample = {"__key__": "k", "__url__": "x.tar", "json": {"frame_indices": [0]}, "f000.jpg": bomb_header(5000)}
     with pytest.raises(data.SampleError, match="5000x5000 .* not the limit of 4096 px"):
         data.check_sample(sample)
-    # frames decoded from the headers Validate parsed equal frames decoded from the bytes
+    # the loader's batched torchvision decoding gives Pillow's pixels, frame for frame
     first = next(iter(data.dataset(scored_shards, "train", handler=data.ErrorCounter(strict=True))))
     _, shards = read_raw(scored_shards)
     raw = {k: m for _, samples in shards for k, m in samples}[first["key"]]
     again = np.stack([data.decode_jpeg(raw[n]) for n in data.frame_names(raw)])
     assert torch.equal(first["frames"], torch.from_numpy(again).permute(0, 3, 1, 2))
+    # frame sizes from the JPEG header alone agree with Pillow's, for baseline, progressive and grey JPEGs
+    rng = np.random.default_rng(0)
+    for kw, mode in [({}, "RGB"), ({"progressive": True}, "RGB"), ({}, "L"), ({"subsampling": 0}, "RGB")]:
+        img = Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)).convert(mode)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", **kw)
+        assert data.jpeg_size(buf.getvalue()) == (53, 37)
+        decoded = data.decode_frames([buf.getvalue()] * 2)
+        assert decoded.shape == (2, 3, 37, 53)
+        assert torch.equal(decoded[0], torch.from_numpy(data.decode_jpeg(buf.getvalue())).permute(2, 0, 1))
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (16, 16), (10, 200, 30, 0)).save(cmyk, "JPEG")
+    assert data.decode_frames([cmyk.getvalue()]).shape == (1, 3, 16, 16)  # a JPEG torchvision may refuse
+    for broken, match in [(b"\xff\xd8\xff\xe0\x00\x10JFIF", "breaks off"), (b"GIF89a", "does not start"),
+                          (b"\xff\xd8\xff\xda\x00\x02", "no frame header")]:
+        with pytest.raises(ValueError, match=match):
+            data.jpeg_size(broken)
 
 
 def test_model_sizes_are_validated():

@@ -42,6 +42,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from . import tarstream
 from .errors import DataError, MissingError
 
 FRAME_RE = re.compile(r"^f(\d{3,})\.jpe?g$")
@@ -162,22 +163,19 @@ def tar_samples(sources, handler=None):
         url = source["url"] if isinstance(source, dict) else str(source)
         current = None
         try:
-            with tarfile.open(url, mode="r|*") as tar:
-                for m in tar:
-                    key, suffix = split_key(m.name)
-                    if current is None or key != current["__key__"]:
-                        if current is not None:
-                            handler.seen += 1
-                            yield current
-                        current = {"__key__": key, "__url__": url}
-                    if not m.isreg():
-                        current.setdefault("__problems__", []).append(
-                            f"member {m.name!r} is not a regular file ({_tar_kind(m)})")
-                        continue
-                    if suffix in current:
-                        current.setdefault("__problems__", []).append(f"member {m.name!r} appears twice")
-                        continue
-                    current[suffix] = tar.extractfile(m).read()
+            for name, problem, data in tarstream.members(url):
+                key, suffix = split_key(name)
+                if current is None or key != current["__key__"]:
+                    if current is not None:
+                        handler.seen += 1
+                        yield current
+                    current = {"__key__": key, "__url__": url}
+                if problem is not None:
+                    current.setdefault("__problems__", []).append(f"member {name!r} is not a regular file ({problem})")
+                elif suffix in current:
+                    current.setdefault("__problems__", []).append(f"member {name!r} appears twice")
+                else:
+                    current[suffix] = data
             if current is not None:
                 handler.seen += 1
                 yield current
@@ -189,22 +187,73 @@ def tar_samples(sources, handler=None):
                 return
 
 
-def _tar_kind(m: tarfile.TarInfo) -> str:
-    return ("symbolic link" if m.issym() else "hard link" if m.islnk() else "folder" if m.isdir()
-            else "device or fifo")
-
-
 def frame_names(members) -> list[str]:
     """The frame members (``f000.jpg``, ``f001.jpg``, ...) of a sample, in frame order."""
     return sorted((n for n in members if FRAME_RE.match(n)), key=lambda n: int(FRAME_RE.match(n).group(1)))
 
 
 def decode_jpeg(data) -> np.ndarray:
-    """JPEG bytes, or a JPEG that ``check_sample`` opened (header parsed), -> uint8 [H, W, 3] (libjpeg-turbo
-    through Pillow)."""
-    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data), formats=("JPEG",))  # no sniffing
-    with img:
+    """JPEG bytes -> uint8 [H, W, 3] through Pillow (libjpeg-turbo): one frame, any JPEG Pillow reads."""
+    with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:  # no sniffing
         return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+def decode_frames(jpegs: list[bytes]) -> torch.Tensor:
+    """The JPEG frames of a clip -> uint8 [T, 3, H, W] in one call of torchvision's libjpeg-turbo decoder
+    (twice as fast as Pillow a frame, and the same pixels: both are libjpeg-turbo's default IDCT). A frame it
+    cannot read (CMYK, unusual sampling) is decoded by Pillow instead; one that neither reads raises ValueError.
+    torchvision marks its image decoders deprecated (0.29, for TorchCodec's): where they are gone, Pillow decodes."""
+    try:
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_jpeg as tv_decode
+    except ImportError:
+        tv_decode = None
+    try:
+        if tv_decode is None:
+            raise RuntimeError("no torchvision decoder")
+        with warnings.catch_warnings():  # the deprecation notice, once per call otherwise
+            warnings.simplefilter("ignore", DeprecationWarning)
+            frames = tv_decode([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs],
+                               mode=ImageReadMode.RGB)
+    except RuntimeError:
+        frames = []
+        for b in jpegs:
+            try:
+                frames.append(torch.from_numpy(decode_jpeg(b)).permute(2, 0, 1))
+            except (OSError, ValueError, SyntaxError) as e:
+                raise ValueError(f"{type(e).__name__}: {e}") from None
+    if len({tuple(f.shape) for f in frames}) > 1:
+        raise ValueError("its frames decode to different sizes")
+    return torch.stack(frames)
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header, without decoding (a few microseconds: the markers are
+    walked up to the first start-of-frame). ValueError when ``data`` is not a JPEG or its header breaks off."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("does not start with a JPEG marker")
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ValueError(f"a marker is missing at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in _SOF:
+            if i + 9 > n:
+                break
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            raise ValueError("has no frame header before its image data")
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    raise ValueError("its header breaks off")
 
 
 def _ext(name: str) -> str:
@@ -242,13 +291,10 @@ def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check_sample(s: dict, size: int | None = None, grid: tuple | None = None,
-                 opened: dict | None = None) -> tuple[int | None, tuple | None]:
+def check_sample(s: dict, size: int | None = None, grid: tuple | None = None) -> tuple[int | None, tuple | None]:
     """Raise ``SampleError`` (naming the shard, the key and the problem) unless the safely decoded sample ``s`` is
     usable; frames are checked from their JPEG headers, nothing is decoded. ``size``: the frame side the shard
-    states (or the stream's first); ``grid``: the stream's patch-score grid. ``opened``: where a usable sample's
-    frames go as header-parsed Pillow images (decoding them then skips a second parse), else they are closed.
-    Returns this sample's (size, grid)."""
+    states (or the stream's first); ``grid``: the stream's patch-score grid. Returns this sample's (size, grid)."""
     where = f"{s.get('__url__')}: sample {s.get('__key__')}"
 
     def bad(reason, message):
@@ -298,35 +344,20 @@ def check_sample(s: dict, size: int | None = None, grid: tuple | None = None,
             if not np.isfinite(v).all():
                 bad("bad_patch_scores", f"member {name!r} holds NaN or infinite values")
             grid = tuple(v.shape[1:])
-    # frames last: their headers are parsed once, here, and (with ``opened``) handed on to decoding
-    own, images = None, {}
-    try:
-        for n in names:
-            try:
-                with warnings.catch_warnings():  # Pillow's bomb warning: the size check below says more
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    images[n] = Image.open(io.BytesIO(s[n]), formats=("JPEG",))  # parses the header only
-            except Image.DecompressionBombError as e:
-                bad("frame_size", f"frame {n} claims a size beyond Pillow's limit ({e}): refused before decoding")
-            except Exception as e:  # noqa: BLE001  (PIL raises many kinds for a broken header)
-                bad("corrupt_frame", f"frame {n} is not a readable JPEG ({type(e).__name__}: {str(e)[:120]})")
-            wh = images[n].size
-            want = (size, size) if size else (own or wh)
-            if wh != want or max(wh) > MAX_FRAME_SIDE:
-                stated = f"the shard's stated {size}x{size}" if size else (
-                    f"the stream's {want[0]}x{want[1]}" if wh != want else f"the limit of {MAX_FRAME_SIDE} px")
-                bad("frame_size", f"frame {n} is {wh[0]}x{wh[1]} (from its header), not {stated}: refused before "
-                                  "decoding")
-            own = wh
-    except SampleError:
-        for img in images.values():
-            img.close()
-        raise
-    if opened is None:
-        for img in images.values():
-            img.close()
-    else:
-        opened.update(images)
+    # frames last: each frame's size from its JPEG header, before anything is decoded
+    own = None
+    for n in names:
+        try:
+            wh = jpeg_size(s[n])
+        except ValueError as e:
+            bad("corrupt_frame", f"frame {n} is not a readable JPEG ({e})")
+        want = (size, size) if size else (own or wh)
+        if wh != want or max(wh) > MAX_FRAME_SIDE:
+            stated = f"the shard's stated {size}x{size}" if size else (
+                f"the stream's {want[0]}x{want[1]}" if wh != want else f"the limit of {MAX_FRAME_SIDE} px")
+            bad("frame_size", f"frame {n} is {wh[0]}x{wh[1]} (from its header), not {stated}: refused before "
+                              "decoding")
+        own = wh
     return (own[0] if own else size), grid
 
 
@@ -339,15 +370,13 @@ class Validate:
 
     def __call__(self, samples):
         for s in samples:
-            opened = {}
             try:
-                size, grid = check_sample(s, self.size, self.grid, opened)
+                size, grid = check_sample(s, self.size, self.grid)
             except SampleError as e:
                 if self.handler(e):
                     continue
                 return
             self.size, self.grid = self.size or size, self.grid or grid
-            s.update(opened)  # the frames' parsed headers replace their bytes: to_sample decodes them
             yield s
 
 
@@ -359,8 +388,8 @@ def to_sample(sample: dict, frames: bool = True) -> dict:
     decoded = None
     if frames and names:
         try:
-            decoded = _decode_frames(sample, names)
-        except (OSError, ValueError) as e:  # a JPEG whose header was fine and whose data is not
+            decoded = decode_frames([sample[n] for n in names])
+        except ValueError as e:  # a JPEG whose header was fine and whose data is not
             raise SampleError("corrupt_frame", f"{sample.get('__url__')}: sample {sample.get('__key__')} has a "
                               f"frame that cannot be decoded ({type(e).__name__}: {str(e)[:150]})") from None
     out = {"key": sample["__key__"], "url": sample.get("__url__"), "frames": decoded, "text": sample.get("txt", ""),
@@ -369,16 +398,6 @@ def to_sample(sample: dict, frames: bool = True) -> dict:
         if isinstance(value, np.ndarray):
             out[name[:-4].replace(".", "_")] = value
     return out
-
-
-def _decode_frames(sample: dict, names: list[str]) -> torch.Tensor:
-    first = decode_jpeg(sample[names[0]])
-    buf = np.empty((len(names), *first.shape), dtype=np.uint8)  # filled in place: np.stack was 5x slower
-    buf[0] = first
-    for t, n in enumerate(names[1:], 1):
-        buf[t] = decode_jpeg(sample[n])
-    # [T, 3, S, S] uint8, a view of channels-last memory: batching copies it once, no need to here
-    return torch.from_numpy(buf).permute(0, 3, 1, 2)
 
 
 def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle: int = 0, seed: int = 0,

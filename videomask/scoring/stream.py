@@ -18,14 +18,13 @@ import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data import (
     ErrorCounter,
     SampleError,
     check_sample,
-    decode_jpeg,
+    decode_frames,
     frame_names,
     safe_decode,
     tar_samples,
@@ -65,6 +64,7 @@ class ShardChunks(torch.utils.data.IterableDataset):
                  have_clip: bool):
         self.shards, self.size, self.frames_per_chunk = shards, size, max(1, frames_per_chunk)
         self.rescore, self.have_clip = rescore, have_clip
+        self.samples_per_chunk = 256  # text-only shards: a chunk is bounded in samples too
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -79,8 +79,8 @@ class ShardChunks(torch.utils.data.IterableDataset):
         for raw in tar_samples([{"url": str(path)}], handler):
             key = raw["__key__"]
             try:
-                s, opened = safe_decode(raw), {}
-                size, grid = check_sample(s, size, grid, opened)
+                s = safe_decode(raw)
+                size, grid = check_sample(s, size, grid)
                 meta = s["json"]
                 if "scores" in meta and not self.rescore:
                     raise FatalInput(f"{path}: sample {key} is already scored (anchors "
@@ -89,7 +89,7 @@ class ShardChunks(torch.utils.data.IterableDataset):
                 if names and not self.have_clip:
                     raise FatalInput(f"{path}: sample {key} has frames, and patch scores need a CLIP model: give "
                                      "--clip as well as --text-encoder")
-                frames = [decode_jpeg(opened[n]) for n in names]
+                frames = decode_frames([s[n] for n in names]) if names else None
             except FatalInput as e:
                 yield {**self._empty(name), "fatal": str(e), "last": True}
                 return
@@ -101,9 +101,12 @@ class ShardChunks(torch.utils.data.IterableDataset):
                 continue
             members = [(k, v) for k, v in raw.items() if not k.startswith("__")]
             chunk["samples"].append((key, members, meta))
-            chunk["spans"].append((len(chunk["frames"]), len(chunk["frames"]) + len(frames)))
-            chunk["frames"] += frames
-            if len(chunk["frames"]) >= self.frames_per_chunk:
+            start = sum(len(f) for f in chunk["frames"])
+            chunk["spans"].append((start, start + (len(frames) if frames is not None else 0)))
+            if frames is not None:
+                chunk["frames"].append(frames)
+            if start + (len(frames) if frames is not None else 0) >= self.frames_per_chunk or \
+                    len(chunk["samples"]) >= self.samples_per_chunk:
                 yield self._finish(chunk)
                 chunk = self._empty(name)
         for reason, message in handler.examples.items():  # the shard itself: missing, not a tar, or cut short
@@ -116,8 +119,7 @@ class ShardChunks(torch.utils.data.IterableDataset):
 
     @staticmethod
     def _finish(chunk):
-        frames = chunk["frames"]
-        chunk["frames"] = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous() if frames else None
+        chunk["frames"] = torch.cat(chunk["frames"]) if chunk["frames"] else None  # [N, 3, S, S]
         return chunk
 
 
