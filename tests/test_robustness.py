@@ -365,6 +365,7 @@ def test_frame_limit_without_a_stated_size_and_decoding_from_the_checked_headers
     raw = {k: m for _, samples in shards for k, m in samples}[first["key"]]
     again = np.stack([data.decode_jpeg(raw[n]) for n in data.frame_names(raw)])
     assert torch.equal(first["frames"], torch.from_numpy(again).permute(0, 3, 1, 2))
+    assert first["frames"].permute(0, 2, 3, 1).is_contiguous()  # channels-last memory, as the model always saw
     # frame sizes from the JPEG header alone agree with Pillow's, for baseline, progressive and grey JPEGs
     rng = np.random.default_rng(0)
     for kw, mode in [({}, "RGB"), ({"progressive": True}, "RGB"), ({}, "L"), ({"subsampling": 0}, "RGB")]:

@@ -31,7 +31,7 @@ import os
 import shutil
 import sys
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError, VideomaskError
 from ..files import FolderLock, sha256_of, write_manifest
-from .cutting import BuildOptions, process
+from .cutting import BuildOptions, encode_frames, process
 from .inputs import discover, partition_of
 
 JOURNAL_DIR = ".build"
@@ -159,8 +159,17 @@ class Journal:
 def _results(inputs, opts: BuildOptions, workers: int):
     """``process`` over the inputs, yielded in input order; a bounded window of work in flight."""
     if workers <= 1:
-        for inp in inputs:
-            yield process(inp, opts)
+        # one process, two threads: decord's decoding and Pillow's JPEG encoding both release the GIL, so the
+        # frames of one input are encoded while the next is decoded (and the caller writes the one before)
+        with ThreadPoolExecutor(1) as decoder, ThreadPoolExecutor(1) as encoder:
+            window = deque()
+            for inp in inputs:
+                decoded = decoder.submit(process, inp, opts, False)
+                window.append(encoder.submit(lambda d: encode_frames(d.result(), opts), decoded))
+                if len(window) > 4:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
         return
     # spawn, not fork: decord and torch threads in a forked child can deadlock
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:

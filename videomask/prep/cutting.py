@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from PIL import Image
+
 from ..errors import ConfigError
 from .inputs import Input, sanitize
 from .transcripts import (
@@ -93,8 +95,10 @@ def plan_clips(cues, duration: float, opts: BuildOptions, timed: bool) -> list[t
     return bounds
 
 
-def process(inp: Input, opts: BuildOptions):
-    """All samples of one input, and the errors (whole input or per clip)."""
+def process(inp: Input, opts: BuildOptions, encode: bool = True):
+    """All samples of one input, and the errors (whole input or per clip). ``encode=False``: the frames stay
+    resized Pillow images (``encode_frames`` turns them into JPEG bytes), so that another thread can encode them
+    while this one decodes the next input."""
     if inp.kind == "text":
         meta = {"key": sanitize(inp.id), "source": inp.source, "split": inp.split, "words": text_words(inp.text),
                 **inp.extra}
@@ -152,8 +156,18 @@ def process(inp: Input, opts: BuildOptions):
                 "words": clip_words, **({"transcript_encoding": encoding} if encoding != "utf-8" else {}), **inp.extra}
         sample = {"__key__": key, "txt": text.encode(), "json": json.dumps(meta).encode()}
         for t, frame in enumerate(frames):
-            sample[f"f{t:03d}.jpg"] = encode_jpeg(resize_crop(frame, opts.size), opts.jpeg_quality)
+            sample[f"f{t:03d}.jpg"] = resize_crop(frame, opts.size)
         samples.append(sample)
     if not samples:
         errors.append(_err(inp, "no clip of this video could be decoded (see the clip errors)"))
+    return encode_frames((samples, errors), opts) if encode else (samples, errors)
+
+
+def encode_frames(result, opts: BuildOptions):
+    """``process(..., encode=False)``'s result with every frame JPEG-encoded."""
+    samples, errors = result
+    for sample in samples:
+        for name, value in sample.items():
+            if isinstance(value, Image.Image):
+                sample[name] = encode_jpeg(value, opts.jpeg_quality)
     return samples, errors

@@ -30,7 +30,6 @@ import fnmatch
 import gzip
 import hashlib
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -3,6 +3,8 @@
     python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip ViT-B-32 --pretrained laion2b_s34b_b79k
     python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip local-dir:PATH
     python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --text-encoder [NAME] [--pooling mean]
+    torchrun --nproc_per_node 8 -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip ... --workers 4
+    python -m videomask.scoring.score merge OUT     # after --num-partitions P --partition p (a job array)
 
 Each output shard holds the input's samples, unchanged, plus:
 
@@ -541,6 +543,9 @@ def main(argv=None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:  # one message, not one per rank
             print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # the group _process_group made
+            torch.distributed.destroy_process_group()
     n = sum(s["samples"] for s in r["shards"])
     where = a.out / f"part-{a.partition:05d}" if a.num_partitions > 1 else a.out
     if int(os.environ.get("RANK", "0")) == 0:

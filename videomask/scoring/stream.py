@@ -119,7 +119,8 @@ class ShardChunks(torch.utils.data.IterableDataset):
 
     @staticmethod
     def _finish(chunk):
-        chunk["frames"] = torch.cat(chunk["frames"]) if chunk["frames"] else None  # [N, 3, S, S]
+        # [N, 3, S, S], contiguous: the layout the CLIP forward has always had (its rounding depends on it)
+        chunk["frames"] = torch.cat(chunk["frames"]).contiguous() if chunk["frames"] else None
         return chunk
 
 
