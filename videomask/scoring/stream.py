@@ -24,11 +24,11 @@ from ..data import (
     ErrorCounter,
     SampleError,
     check_sample,
-    decode_frames,
     frame_names,
     safe_decode,
     tar_samples,
 )
+from ..jpeg import decode_frames
 
 
 class FatalInput(Exception):
