@@ -5,7 +5,8 @@ and the speed-up from 1 to 2 workers.
 
 The baseline opens each video with decord and decodes the same frame indices
 that the build samples; the build also resizes, JPEG-encodes, writes tar shards
-and the manifest. Goal: ratio >= 0.5 (one worker).
+and the manifest. Goal: ratio >= 0.85 (one worker: decoding and JPEG encoding in two threads, so the
+build should cost little beyond decoding).
 """
 import argparse
 import json
@@ -41,10 +42,13 @@ def main():
                         progress=False)
         return run
 
-    t_base, t1, t2 = best_of(baseline, ours(1), ours(2), repeats=3)
+    # two rotations: with the 2-worker build in the same rotation as the baseline, its aftermath (two processes
+    # ending, their writes) fell on the next timed runs and moved the 1-worker ratio by up to -0.06 (measured)
+    t_base, t1 = best_of(baseline, ours(1), repeats=5)
     n = len(rows)
-    report("build clips/s (1 worker)", n / t1, n / t_base, "clips/s", "goal >= 0.5")
-    print(f"build scaling: 1 worker {n / t1:.1f} clips/s, 2 workers {n / t2:.1f} clips/s, speed-up {t1 / t2:.2f}x")
+    report("build clips/s (1 worker)", n / t1, n / t_base, "clips/s", "goal >= 0.85")
+    t1b, t2 = best_of(ours(1), ours(2), repeats=3)
+    print(f"build scaling: 1 worker {n / t1b:.1f} clips/s, 2 workers {n / t2:.1f} clips/s, speed-up {t1b / t2:.2f}x")
     shutil.rmtree(w)
 
 

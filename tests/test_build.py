@@ -16,7 +16,7 @@ from videomask import data
 from videomask.prep import build
 from videomask.prep.cutting import BuildOptions
 from videomask.prep.transcripts import read_transcript, timed_words
-from videomask.prep.video import open_video, resize_crop
+from videomask.prep.video import _torchvision_encodes_as_pillow, encode_jpeg, encode_jpegs, open_video, resize_crop
 
 
 def samples_of(folder, split=None):
@@ -253,6 +253,27 @@ def test_same_shards_for_one_and_two_workers(tiny_world, tmp_path):
     build.build(tiny_world / "target.jsonl", tmp_path / "w2", opts, workers=2, progress=False)
     d1 = shard_digests(tmp_path / "w1")
     assert len(d1) >= 4 and d1 == shard_digests(tmp_path / "w2")
+
+
+def test_batched_encoder_gives_pillows_bytes():
+    # the build's one-process path encodes a clip's frames in one call (it releases the GIL); its bytes must be
+    # Pillow's, or the shards would depend on --workers. Crops (views into a larger frame), resized frames
+    # (read-only arrays) and odd sizes, at the default and extreme qualities.
+    g = np.random.default_rng(1)
+    big = (g.random((3, 90, 131, 3)) * 255).astype(np.uint8)
+    frames = [resize_crop(f, 48) for f in big] + [big[0], big[1, 3:40, 5:58], np.zeros((8, 8, 3), np.uint8)]
+    assert not frames[0].flags.writeable and not frames[-2].flags.c_contiguous  # the awkward cases are there
+    assert _torchvision_encodes_as_pillow(90)  # this install's torchvision: the fast path is what is tested
+    for q in (90, 1, 100):
+        assert encode_jpegs(frames, q) == [encode_jpeg(f, q) for f in frames]
+    assert encode_jpegs([], 90) == []
+
+
+def test_resize_crop_short_side_and_centre():
+    f = np.arange(40 * 60 * 3, dtype=np.uint8).reshape(40, 60, 3)
+    assert resize_crop(f, 40).shape == (40, 40, 3) and np.array_equal(resize_crop(f, 40), f[:, 10:50])  # crop only
+    assert np.shares_memory(resize_crop(f[:, :40], 40), f)  # already at the size: no copy
+    assert resize_crop(f, 20).shape == (20, 20, 3) and resize_crop(f.transpose(1, 0, 2), 32).shape == (32, 32, 3)
 
 
 def test_rerun_is_a_no_op_and_other_options_are_refused(tiny_world, tiny_shards, tmp_path):

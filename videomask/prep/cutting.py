@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from PIL import Image
+import numpy as np
 
 from ..errors import ConfigError
 from .inputs import Input, sanitize
@@ -28,7 +28,7 @@ from .transcripts import (
     text_words,
     timed_words,
 )
-from .video import VideoError, encode_jpeg, open_video, resize_crop, sample_indices
+from .video import VideoError, encode_jpeg, encode_jpegs, open_video, resize_crop, sample_indices
 
 
 @dataclass
@@ -97,7 +97,7 @@ def plan_clips(cues, duration: float, opts: BuildOptions, timed: bool) -> list[t
 
 def process(inp: Input, opts: BuildOptions, encode: bool = True):
     """All samples of one input, and the errors (whole input or per clip). ``encode=False``: the frames stay
-    resized Pillow images (``encode_frames`` turns them into JPEG bytes), so that another thread can encode them
+    resized uint8 arrays (``encode_frames`` turns them into JPEG bytes), so that another thread can encode them
     while this one decodes the next input."""
     if inp.kind == "text":
         meta = {"key": sanitize(inp.id), "source": inp.source, "split": inp.split, "words": text_words(inp.text),
@@ -163,11 +163,14 @@ def process(inp: Input, opts: BuildOptions, encode: bool = True):
     return encode_frames((samples, errors), opts) if encode else (samples, errors)
 
 
-def encode_frames(result, opts: BuildOptions):
-    """``process(..., encode=False)``'s result with every frame JPEG-encoded."""
+def encode_frames(result, opts: BuildOptions, batched: bool = False):
+    """``process(..., encode=False)``'s result with every frame JPEG-encoded: frame by frame with Pillow, or
+    ``batched``, a clip's frames in one call that releases the GIL (``encode_jpegs``: same bytes)."""
     samples, errors = result
     for sample in samples:
-        for name, value in sample.items():
-            if isinstance(value, Image.Image):
-                sample[name] = encode_jpeg(value, opts.jpeg_quality)
+        names = [k for k, v in sample.items() if isinstance(v, np.ndarray)]
+        frames = [sample[k] for k in names]
+        encoded = encode_jpegs(frames, opts.jpeg_quality) if batched else [encode_jpeg(f, opts.jpeg_quality)
+                                                                           for f in frames]
+        sample.update(zip(names, encoded))
     return samples, errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,21 +212,68 @@ def sample_indices(start: float, end: float, num: int, info: VideoInfo) -> list[
     return [min(int((start + (k + 0.5) * step) * info.fps), info.num_frames - 1) for k in range(num)]
 
 
-def resize_crop(frame: np.ndarray, size: int) -> Image.Image:
-    """Resize the short side to ``size`` (bilinear, antialiased) and centre-crop a square."""
-    img = Image.fromarray(frame)
-    w, h = img.size
+def resize_crop(frame: np.ndarray, size: int) -> np.ndarray:
+    """Resize the short side to ``size`` (Pillow, bilinear, antialiased) and centre-crop a square: uint8
+    [size, size, 3]. A frame already at the size is returned as it is (a view, no copy)."""
+    h, w = frame.shape[:2]
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR)
-    if (nw, nh) == (size, size):  # already square at the size: a crop would only copy it (0.2 ms a frame)
-        return img
+        frame = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BILINEAR))
     left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    return frame[top:top + size, left:left + size]
 
 
-def encode_jpeg(img: Image.Image, quality: int) -> bytes:
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """One uint8 [H, W, 3] frame -> JPEG bytes through Pillow (baseline, 4:2:0, libjpeg-turbo)."""
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def encode_jpegs(frames: list[np.ndarray], quality: int) -> list[bytes]:
+    """Frames -> JPEG bytes, **the same bytes as** ``encode_jpeg``: one call of torchvision's encoder where it
+    gives Pillow's bytes (both are libjpeg-turbo with the same tables; checked once per process on a probe
+    image), else Pillow frame by frame. Why: Pillow's encoder holds the GIL and torchvision's releases it, so
+    the build's encoding thread no longer stalls its decoding thread (measured on 2 cores: decord 11.2 ms a
+    clip alone, 18.7 ms beside a thread encoding with Pillow, 12.3 ms beside this one). torch is imported
+    here, not at the top: the build's worker processes encode with Pillow and need not load it."""
+    if frames and _torchvision_encodes_as_pillow(quality):
+        import torch
+        from torchvision.io import encode_jpeg as tv_encode
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29's notice, on every call
+                out = tv_encode([torch.from_numpy(np.require(f, np.uint8, ["C", "W"])).permute(2, 0, 1)
+                                 for f in frames], quality=quality)
+            return [t.numpy().tobytes() for t in out]
+        except RuntimeError:  # a frame it refuses: Pillow says what is wrong, or encodes it
+            pass
+    return [encode_jpeg(f, quality) for f in frames]
+
+
+_SAME_AS_PILLOW: dict[int, bool] = {}
+
+
+def _torchvision_encodes_as_pillow(quality: int) -> bool:
+    """Does this install's torchvision encoder give Pillow's bytes at ``quality``? Both bundle their own
+    libjpeg-turbo, and the shards must not depend on which encoder wrote them."""
+    if quality not in _SAME_AS_PILLOW:
+        try:
+            import torch
+            from torchvision.io import encode_jpeg as tv_encode
+        except ImportError:
+            _SAME_AS_PILLOW[quality] = False
+            return False
+        g = np.random.default_rng(0)  # texture and flat areas at an odd size: partial blocks and MCUs
+        probe = np.clip(np.linspace(0, 255, 37 * 53 * 3).reshape(37, 53, 3) + g.normal(0, 40, (37, 53, 3)), 0, 255)
+        probe = probe.astype(np.uint8)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ours = tv_encode(torch.from_numpy(probe).permute(2, 0, 1).contiguous(), quality=quality)
+            _SAME_AS_PILLOW[quality] = ours.numpy().tobytes() == encode_jpeg(probe, quality)
+        except RuntimeError:
+            _SAME_AS_PILLOW[quality] = False
+    return _SAME_AS_PILLOW[quality]
