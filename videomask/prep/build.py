@@ -190,7 +190,9 @@ def _results(inputs, opts: BuildOptions, workers: int):
 def build(src: Path, out: Path, opts: BuildOptions = BuildOptions(), workers: int = 1, num_partitions: int = 1,
           partition: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
     """Build the shards; returns the manifest (also written to ``out/manifest.json``). The output folder (a
-    partition's own, in a job array) is locked while this runs: a second build on it is refused."""
+    partition's own, in a job array) is locked while this runs: a second build on it is refused.
+    ``workers > 1`` runs ``process`` in spawned processes: a script calling this must do so under
+    ``if __name__ == "__main__":`` (Python's rule for spawn), or its workers re-run the script."""
     if not 0 <= partition < num_partitions:
         raise ConfigError(f"--partition {partition} must be in [0, --num-partitions {num_partitions})")
     src, out = Path(src), Path(out)
