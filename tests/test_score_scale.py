@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -62,6 +63,14 @@ def test_workers_and_partitions_write_the_same_bytes_as_one_process(many_shards,
                            partition=p)
     parts = [json.loads((tmp_path / "array" / f"part-{p:05d}" / "manifest.json").read_text()) for p in range(3)]
     assert all(m["shards"] for m in parts) and sum(len(m["shards"]) for m in parts) == len(ref["shards"])
+    # the partitions shared one vocabulary cache in OUT: an entry per input shard read whole (by its sha256),
+    # none for the cut shard (the vanished one is listed with shard 0's sha256, so it is shard 0's entry)
+    listed = json.loads((many_shards / "manifest.json").read_text())["shards"]
+    kept = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "array" / ".score-vocabulary").glob("*.json")}
+    assert set(kept) == {s["sha256"] for k, s in enumerate(listed) if k != 1}
+    with tarfile.open(many_shards / listed[0]["name"]) as tar:
+        first = json.loads(tar.extractfile(next(m for m in tar if m.name.endswith(".json"))).read())
+    assert kept[listed[0]["sha256"]] == sorted({w["w"].lower() for w in first["words"]})
     assert build.main(["merge", str(tmp_path / "array")]) == 0  # the build's merge knows scoring partitions
     assert output(tmp_path / "array") == one
     assert score.main(["merge", str(tmp_path / "array")]) == 0  # and merging twice changes nothing
@@ -81,6 +90,23 @@ def test_partition_refusals(many_shards, tiny_anchors, tiny_scorer, tmp_path, ca
     assert score.main(["merge", str(tmp_path / "half")]) == 2
     assert "1 partitions of 2; run the missing ones first" in capsys.readouterr().err
     assert not (tmp_path / "half" / "manifest.json").exists()
+
+
+def test_a_later_partition_reads_the_vocabulary_cache(many_shards, tiny_anchors, tiny_scorer, tmp_path):
+    # a task of a job array starting after another finds each shard's words in OUT/.score-vocabulary and does
+    # not read the shards' JSON again: a word planted in one entry reaches the second task's word table
+    clip = f"local-dir:{tiny_scorer}"
+    a = score.score_shards(many_shards, tmp_path / "out", tiny_anchors, clip, progress=False, num_partitions=2,
+                           partition=0)
+    entry = sorted((tmp_path / "out" / ".score-vocabulary").glob("*.json"))[0]
+    entry.write_text(json.dumps(json.loads(entry.read_text()) + ["zzplantedword"]))
+    b = score.score_shards(many_shards, tmp_path / "out", tiny_anchors, clip, progress=False, num_partitions=2,
+                           partition=1)
+    assert b["word_table"] == a["word_table"] + 1
+    entry.write_text("{not json")  # a damaged entry: that shard is read again, and its entry rewritten
+    c = score.score_shards(many_shards, tmp_path / "out", tiny_anchors, clip, progress=False, num_partitions=2,
+                           partition=1, overwrite=True)
+    assert c["word_table"] == a["word_table"] and "zzplantedword" not in json.loads(entry.read_text())
 
 
 def children(pid):

@@ -351,6 +351,8 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
                     word_prompt, batch_size, rescore, words=text_encoder)
     state_id = {**scorer.info, "input": str(src.resolve()), "input_shards": [s["sha256"] for s in manifest["shards"]]}
     job = list(range(len(manifest["shards"])))
+    # the words of each input shard, by its sha256: shared by the partitions of a job array, kept for reruns
+    vocab_cache = out / ".score-vocabulary"
     part = None
     if num_partitions > 1:  # a stable share of the shards, by name; its own folder, merged afterwards
         job = [i for i in job if partition_of(manifest["shards"][i]["name"], num_partitions) == partition]
@@ -377,7 +379,8 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
         todo = [i for i in mine if not (inside(out, manifest["shards"][i]["name"], manifest_path).exists()
                                         and _journal(out, manifest["shards"][i]["name"]).exists())]
         if any(_gathered(world, bool(todo))):
-            vocab = set().union(*_gathered(world, vocabulary(inputs[rank::world])))
+            vocab = set().union(*_gathered(world, vocabulary(inputs[rank::world], manifest["shards"][rank::world],
+                                                             vocab_cache)))
             scorer.word_table(sorted(vocab), rank, world)
         done_samples = sum(manifest["shards"][i]["samples"] for i in mine if i not in todo)
         bar = tqdm(total=sum(manifest["shards"][i]["samples"] for i in mine), initial=done_samples,

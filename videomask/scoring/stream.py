@@ -15,6 +15,7 @@ words that ``Scorer.word_table`` embeds in fixed chunks, for the same reason (se
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -35,23 +36,51 @@ class FatalInput(Exception):
     """A sample that stops the whole scoring (already scored without --rescore; frames without a CLIP model)."""
 
 
-def vocabulary(paths: list[Path]) -> set[str]:
+def vocabulary(paths: list[Path], shards: list[dict] | None = None, cache: Path | None = None) -> set[str]:
     """Lowercased words of every sample's ``.json`` in ``paths`` (unreadable shards and members are skipped
-    here: the scoring pass reports them)."""
+    here: the scoring pass reports them). With ``shards`` (their input-manifest entries: ``sha256``,
+    ``samples``) and a ``cache`` folder, each shard's words are kept in ``cache/SHA256.json`` and read from
+    there next time: a rerun after a crash, or a partition of a job array starting after another, does not
+    read the shards' JSON again. Only a shard read whole is cached: to its end, with as many ``.json``
+    members as the manifest's count (a cut shard may be mended later and keep its sha256)."""
     words = set()
-    for path in paths:
-        try:
-            with tarfile.open(path, mode="r:") as tar:  # random access: seeks past the frames' data
-                for m in tar:
-                    if m.isreg() and m.name.endswith(".json"):
-                        try:
-                            meta = json.loads(tar.extractfile(m).read())
-                            words.update(w["w"].lower() for w in meta.get("words", []) if isinstance(w.get("w"), str))
-                        except (ValueError, AttributeError, TypeError):
-                            continue
-        except (tarfile.TarError, OSError, EOFError):
-            continue
+    for k, path in enumerate(paths):
+        kept = cache / f"{shards[k]['sha256']}.json" if cache is not None and shards else None
+        if kept is not None and kept.exists():
+            try:
+                words.update(json.loads(kept.read_text()))
+                continue
+            except (OSError, ValueError):  # a damaged cache entry: read the shard again
+                pass
+        mine, complete, n_json = _shard_words(path)
+        words |= mine
+        if kept is not None and complete and n_json == shards[k]["samples"]:
+            try:  # best effort, and safe beside another partition writing the same entry
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                tmp = kept.with_name(f"{kept.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(sorted(mine)))
+                os.replace(tmp, kept)
+            except OSError:
+                pass
     return words
+
+
+def _shard_words(path: Path) -> tuple[set[str], bool, int]:
+    """(words, whether the shard was read to its end, its ``.json`` members)."""
+    words, n_json = set(), 0
+    try:
+        with tarfile.open(path, mode="r:") as tar:  # random access: seeks past the frames' data
+            for m in tar:
+                if m.isreg() and m.name.endswith(".json"):
+                    n_json += 1
+                    try:
+                        meta = json.loads(tar.extractfile(m).read())
+                        words.update(w["w"].lower() for w in meta.get("words", []) if isinstance(w.get("w"), str))
+                    except (ValueError, AttributeError, TypeError):
+                        continue
+    except (tarfile.TarError, OSError, EOFError):
+        return words, False, n_json
+    return words, True, n_json
 
 
 class ShardChunks(torch.utils.data.IterableDataset):
