@@ -107,6 +107,10 @@ def test_a_later_partition_reads_the_vocabulary_cache(many_shards, tiny_anchors,
     c = score.score_shards(many_shards, tmp_path / "out", tiny_anchors, clip, progress=False, num_partitions=2,
                            partition=1, overwrite=True)
     assert c["word_table"] == a["word_table"] and "zzplantedword" not in json.loads(entry.read_text())
+    entry.write_text('{"zz": 1}')  # JSON, but not a list of words: read again too
+    d = score.score_shards(many_shards, tmp_path / "out", tiny_anchors, clip, progress=False, num_partitions=2,
+                           partition=1, overwrite=True)
+    assert d["word_table"] == a["word_table"] and isinstance(json.loads(entry.read_text()), list)
 
 
 def children(pid):

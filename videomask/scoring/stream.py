@@ -48,9 +48,11 @@ def vocabulary(paths: list[Path], shards: list[dict] | None = None, cache: Path 
         kept = cache / f"{shards[k]['sha256']}.json" if cache is not None and shards else None
         if kept is not None and kept.exists():
             try:
-                words.update(json.loads(kept.read_text()))
-                continue
-            except (OSError, ValueError):  # a damaged cache entry: read the shard again
+                entry = json.loads(kept.read_text())
+                if isinstance(entry, list) and all(isinstance(w, str) for w in entry):
+                    words.update(entry)
+                    continue
+            except (OSError, ValueError):  # a damaged cache entry: read the shard again (and rewrite it)
                 pass
         mine, complete, n_json = _shard_words(path)
         words |= mine
