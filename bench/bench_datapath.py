@@ -35,15 +35,9 @@ from videomask.scoring import score
 def random_clip(out, image_size=224, patch_size=32):
     """A random-weight open_clip ViT saved as ``local-dir:`` (the layout ``tiny_clip`` writes)."""
     import open_clip
-    from safetensors.torch import save_file
 
     cfg = tiny_clip.model_cfg(image_size, patch_size=patch_size)
-    model = open_clip.CLIP(**cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), out / "open_clip_model.safetensors")
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {
-        "mean": tiny_clip.MEAN, "std": tiny_clip.STD}}))
-    return out
+    return tiny_clip.save(open_clip.CLIP(**cfg), cfg, out, {"weights": "random"})
 
 
 def main():

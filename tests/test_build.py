@@ -269,6 +269,14 @@ def test_batched_encoder_gives_pillows_bytes():
     assert encode_jpegs([], 90) == []
 
 
+def test_build_workers_do_not_import_torch():
+    # the spawned build workers import what ``process`` needs; torch (4 s and 800 MB a process on a CPU box)
+    # is imported only by the one-process path's batched encoder
+    code = "import sys, videomask.prep.cutting; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
 def test_resize_crop_short_side_and_centre():
     f = np.arange(40 * 60 * 3, dtype=np.uint8).reshape(40, 60, 3)
     assert resize_crop(f, 40).shape == (40, 40, 3) and np.array_equal(resize_crop(f, 40), f[:, 10:50])  # crop only

@@ -121,7 +121,6 @@ def fit(world_dir: Path, out: Path, image_size: int = 128, steps: int = 300, bat
         seed: int = 0, log_every: int = 50) -> Path:
     """Fit and save the tiny CLIP; returns ``out`` (load it as ``local-dir:{out}``)."""
     import open_clip
-    from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -155,12 +154,20 @@ def fit(world_dir: Path, out: Path, image_size: int = 128, steps: int = 300, bat
         if log_every and (step % log_every == 0 or step == steps - 1):
             logger.info(f"tiny_clip step {step:4d} region {loss_region.item():.3f} sentence {loss_sentence.item():.3f} "
                   f"({time.perf_counter() - t0:.0f}s)")
+    return save(model, cfg, out, {"fitted_on": str(world_dir), "steps": steps, "seed": seed})
+
+
+def save(model, cfg: dict, out: Path, about: dict | None = None) -> Path:
+    """An open_clip ``model`` built from ``cfg`` -> ``out`` in the layout open_clip's ``local-dir:`` loads
+    (``about``: what made it, kept in the config); returns ``out``."""
+    from safetensors.torch import save_file
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), out / "open_clip_model.safetensors")
     (out / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": cfg, "preprocess_cfg": {"mean": MEAN, "std": STD},
-         "videomask": {"fitted_on": str(world_dir), "steps": steps, "seed": seed}}, indent=1))
+        {"model_cfg": cfg, "preprocess_cfg": {"mean": MEAN, "std": STD}, **({"videomask": about} if about else {})},
+        indent=1))
     return out
 
 

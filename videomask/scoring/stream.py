@@ -132,12 +132,12 @@ class ShardChunks(torch.utils.data.IterableDataset):
                 continue
             members = [(k, v) for k, v in raw.items() if not k.startswith("__")]
             chunk["samples"].append((key, members, meta))
-            start = sum(len(f) for f in chunk["frames"])
-            chunk["spans"].append((start, start + (len(frames) if frames is not None else 0)))
+            start = chunk["spans"][-1][1] if chunk["spans"] else 0  # the frames in the chunk so far
+            end = start + (len(frames) if frames is not None else 0)
+            chunk["spans"].append((start, end))
             if frames is not None:
                 chunk["frames"].append(frames)
-            if start + (len(frames) if frames is not None else 0) >= self.frames_per_chunk or \
-                    len(chunk["samples"]) >= self.samples_per_chunk:
+            if end >= self.frames_per_chunk or len(chunk["samples"]) >= self.samples_per_chunk:
                 yield self._finish(chunk)
                 chunk = self._empty(name)
         for reason, message in handler.examples.items():  # the shard itself: missing, not a tar, or cut short
