@@ -2,7 +2,7 @@
 
     python bench/bench_datapath.py [--clips 512 --workers 0 1 2 --gpu-rate 507]
 
-Runs what ``videomask.train`` feeds the model (``train.make_loader``: shards -> tar reader -> checks -> JPEG
+Runs what ``videomask.train`` feeds the model (``videomask.loader.make_loader``: shards -> tar reader -> checks -> JPEG
 decoding -> tokenizer + ``difference`` masking collator -> batches of 32) with ``data.workers`` = each of
 ``--workers``, nothing else, and prints samples/s against a stated GPU step rate of the ``base`` preset:
 
@@ -28,6 +28,7 @@ from videomask import anchors, train
 from videomask.collate import MaskingCollator, MaskingConfig
 from videomask.config import load_config
 from videomask.demo import tiny_clip
+from videomask.loader import make_loader
 from videomask.prep import build
 from videomask.scoring import score
 
@@ -69,10 +70,10 @@ def main():
         rates = []
         for _ in range(a.epochs):
             # train=False: the last, partial batch of each worker is kept (training drops it), else identical
-            loader = train.make_loader(cfg, cfg.data.train, "train", collate, 0, 1, False)
+            loader = make_loader(cfg, cfg.data.train, "train", collate, 0, 1, False)
             t, n = time.perf_counter(), 0
             for batch in loader:
-                n += len(batch["keys"]) if isinstance(batch, dict) and "keys" in batch else 0
+                n += len(batch["keys"])
             rates.append(n / (time.perf_counter() - t))
         rate = max(rates[1:] or rates)
         print(f"data.workers={workers}: {rate:.1f} samples/s = {rate / a.gpu_rate:.3f} of the measured GPU rate "

@@ -21,8 +21,14 @@ import time
 
 import numpy as np
 import torch
-from transformers import (AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
-                          TrainerCallback, TrainingArguments)
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from videomask.collate import MaskingCollator, MaskingConfig
 from videomask.model import OFFLINE_TEXT, ModelConfig, TextMLM, resolve_hf

@@ -16,7 +16,13 @@ from videomask import data
 from videomask.prep import build
 from videomask.prep.cutting import BuildOptions
 from videomask.prep.transcripts import read_transcript, timed_words
-from videomask.prep.video import _torchvision_encodes_as_pillow, encode_jpeg, encode_jpegs, open_video, resize_crop
+from videomask.prep.video import (
+    _torchvision_encodes_as_pillow,
+    encode_jpeg,
+    encode_jpegs,
+    open_video,
+    resize_crop,
+)
 
 
 def samples_of(folder, split=None):

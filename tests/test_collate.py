@@ -120,7 +120,7 @@ def test_bad_input(tokenizer, samples, tmp_path):
     with pytest.raises(MaskingError, match="anchors .* but the configured anchors are deadbeef"):
         MaskingCollator(tokenizer, anchors_hash="deadbeef")(samples[:2])
     unscored = text_sample("u", "no scores here at all")
-    with pytest.raises(MaskingError, match="'difference' needs scores, and sample u has none.*videomask.scoring.score"):
+    with pytest.raises(MaskingError, match="'difference' needs scores, and sample u has none.*videomask score"):
         MaskingCollator(tokenizer)([unscored])
     MaskingCollator(tokenizer, MaskingConfig(strategy="random"))([unscored])  # random needs none
     nan = text_sample("n", "one two three four five six seven", [0.1, float("nan"), 0, 0, 0, 0, 0])

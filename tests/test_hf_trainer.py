@@ -5,9 +5,14 @@ import pytest
 import torch
 
 from videomask import data
-from videomask.collate import MaskingCollator, MaskingConfig, set_epoch_callback, text_sample
+from videomask.collate import (
+    MaskingCollator,
+    MaskingConfig,
+    set_epoch_callback,
+    text_sample,
+)
 from videomask.masking import MaskingError
-from videomask.model import load_tokenizer, ModelConfig
+from videomask.model import ModelConfig, load_tokenizer
 from videomask.prep import build
 from videomask.scoring import score
 from videomask.scoring.text_scorer import TextEncoderScorer

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from videomask import masking
-from videomask.masking import MaskingError, select
+from videomask.masking import MaskingConfig, MaskingError, select
 
 FLAT = ["random", "difference", "inverse_difference", "span"]
 WHOLE = ["whole_word", "pmi"]
@@ -44,9 +44,12 @@ def gens(seed, b):
     return [torch.Generator().manual_seed(seed + i) for i in range(b)]
 
 
-def run(name, scores, valid, word_ids, words, ratio, seed, **kw):
-    params = {"word_ids": word_ids, "words": words, "ngrams": {("w0", "w1"), ("w2", "w3", "w4")}, **kw}
-    return select(name, scores, valid, ratio, gens(seed, valid.shape[0]), **params)
+def run(name, scores, valid, word_ids, words, ratio, seed, mode=None, alpha=None):
+    """The text side of strategy ``name`` as its record configures it (alpha and mode where it takes them)."""
+    takes = masking.get(name).takes("alpha")
+    cfg = MaskingConfig(name, text_ratio=ratio, alpha=alpha if takes else None, text_mode=mode if takes else None)
+    return masking.plan(cfg).text.draw(scores, valid, gens(seed, valid.shape[0]), word_ids=word_ids, words=words,
+                                       ngrams={("w0", "w1"), ("w2", "w3", "w4")})
 
 
 @SETTINGS
@@ -91,10 +94,11 @@ def test_alpha_zero_is_random_masking(batch):
     scores, valid, word_ids, words, ratio, seed = batch
     diff = run("difference", scores, valid, word_ids, words, ratio, seed, alpha=0.0, mode="topk")
     assert torch.equal(diff, run("random", None, valid, word_ids, words, ratio, seed))
+    assert torch.equal(diff, select("random", None, valid, ratio, gens(seed, valid.shape[0])))
 
 
 def _frequencies(name, scores, valid, trials, **kw):
-    counts = torch.zeros(scores.shape[1])
+    counts = torch.zeros(valid.shape[1])
     for seed in range(trials):
         counts += select(name, scores, valid, 0.25, torch.Generator().manual_seed(seed), **kw)[0].float()
     return counts
@@ -109,7 +113,7 @@ def test_statistics_alpha_zero_matches_random_and_rank_mode_prefers_high_scores(
         freq = _frequencies("difference", scores, valid, trials, alpha=0.0, mode=mode)
         chi2 = float(((freq - expected) ** 2 / expected).sum())
         assert chi2 < 43.8, (mode, chi2)  # chi-square, 19 degrees of freedom, p = 0.001: uniform like random
-    rand = _frequencies("random", scores, valid, trials)
+    rand = _frequencies("random", None, valid, trials)
     assert float(((rand - expected) ** 2 / expected).sum()) < 43.8
     ranked = _frequencies("difference", scores, valid, trials, alpha=1.0, mode="rank")
     # rank weights N - r: the top unit is masked far more often than the bottom one, monotone on average
@@ -131,7 +135,8 @@ def videos(draw):
 def test_video_strategies(video, name):
     valid, ratio, seed = video
     scores = torch.rand(valid.shape, generator=torch.Generator().manual_seed(seed))
-    m = select(name, scores, valid, ratio, gens(seed, valid.shape[0]), alpha=0.5, mode="topk")
+    side = masking.plan(MaskingConfig(name, patch_ratio=ratio, alpha=0.5 if name == "difference" else None)).patches
+    m = side.draw(scores, valid, gens(seed, valid.shape[0]))
     assert m.shape == valid.shape
     b, t, h, w = valid.shape
     if name == "tube":
@@ -139,12 +144,12 @@ def test_video_strategies(video, name):
         assert (m[:, 0].flatten(1).sum(1) == round(ratio * h * w)).all()
     else:
         assert (m.flatten(1).sum(1) == round(ratio * t * h * w)).all()
-    assert torch.equal(m, select(name, scores, valid, ratio, gens(seed, b), alpha=0.5, mode="topk"))
+    assert torch.equal(m, side.draw(scores, valid, gens(seed, b)))
 
 
 def test_block_masks_are_contiguous_blocks():
     valid = torch.ones(1, 1, 14, 14, dtype=torch.bool)
-    m = select("block", None, valid, 0.25, torch.Generator().manual_seed(0))[0, 0]
+    m = select("block", None, valid, 0.25, torch.Generator().manual_seed(0), min_area=0.1, max_aspect=3.0)[0, 0]
     # far fewer connected boundaries than a random mask of the same size: the mask is made of blocks
     edges = lambda x: int((x[1:] != x[:-1]).sum() + (x[:, 1:] != x[:, :-1]).sum())  # noqa: E731
     r = select("random", None, valid, 0.25, torch.Generator().manual_seed(0))[0, 0]
@@ -153,7 +158,7 @@ def test_block_masks_are_contiguous_blocks():
 
 def test_span_lengths_are_geometric():
     valid = torch.ones(1, 400, dtype=torch.bool)
-    m = select("span", None, valid, 0.15, torch.Generator().manual_seed(0), p=0.2)[0].int().tolist()
+    m = select("span", None, valid, 0.15, torch.Generator().manual_seed(0), p=0.2, max_span=10)[0].int().tolist()
     runs = [len(r) for r in "".join(map(str, m)).split("0") if r]
     assert sum(runs) == 60 and 2.5 < sum(runs) / len(runs) < 10  # mean span ~ 1/p = 5, clipped at 10
 
@@ -162,45 +167,106 @@ def test_span_lengths_are_geometric():
     (dict(ratio=0.0), r"ratio must be in \(0, 1\)"),
     (dict(ratio=1.0), r"ratio must be in \(0, 1\)"),
     (dict(alpha=1.5), r"alpha must be in \[0, 1\]"),
-    (dict(scores=None), "needs scores; run `python -m videomask.scoring.score`"),
+    (dict(scores=None), "ranks units by scores or ground truth, and got none"),
     (dict(scores=torch.tensor([[0.1, float("nan"), 0.3, 0.4, 0.5]])), "NaN"),
     (dict(valid=torch.tensor([[True, True, False, False, False]]), ratio=0.2), "masks none of them"),
-    (dict(name="nope"), "unknown masking strategy 'nope'"),
-    (dict(name="tube"), r"valid must be \[B, T, H, W\]"),
+    (dict(name="nope"), "unknown masking kernel 'nope'"),
+    (dict(name="block", min_area=0.1, max_aspect=3.0, alpha=None, mode=None), r"valid must be \[B, T, H, W\]"),
+    (dict(p=0.2), "got unknown p"),  # a parameter the kernel does not take is refused, not swallowed
+    (dict(mode=None), "missing mode"),
 ])
 def test_bad_input(kwargs, match):
     args = dict(name="difference", scores=torch.rand(1, 5), valid=torch.ones(1, 5, dtype=torch.bool), ratio=0.3,
-                alpha=1.0)
+                alpha=1.0, mode="topk")
     args.update(kwargs)
+    args = {k: v for k, v in args.items() if v is not None or k == "scores"}
     with pytest.raises(MaskingError, match=match):
         select(args.pop("name"), args.pop("scores"), args.pop("valid"), args.pop("ratio"),
                torch.Generator().manual_seed(0), **args)
 
 
 def test_registry_lists_the_paper_strategies():
-    assert set(masking.STRATEGIES) == {"random", "difference", "inverse_difference", "oracle", "whole_word", "span",
-                                       "pmi", "tube", "block"}
-    assert masking.NEEDS_SCORES == {"difference", "inverse_difference"}
-    assert masking.NEEDS_TRUTH == {"oracle"}
+    assert set(masking.KERNELS) == {"random", "difference", "inverse_difference", "whole_word", "span", "pmi", "tube",
+                                    "block"}
+    assert {n for n, s in masking.STRATEGIES.items() if "scores" in s.needs} == {
+        f"{k}{side}" for k in ("difference", "inverse_difference") for side in ("", "_text", "_patches")}
     # the paper's video setting drives the patches only; text-only and both are named apart
-    assert masking.pairing("difference_patches") == ("random", "difference")
-    assert masking.pairing("difference_text") == ("difference", "random")
-    assert masking.needs("difference_patches") == {"scores"} and masking.needs("oracle") == {"truth"}
-    assert masking.needs("random") == set()
+    p = masking.plan(MaskingConfig("difference_patches"))
+    assert (p.text.kernel, p.patches.kernel, p.patches.params) == ("random", "difference", {"alpha": 1.0, "mode": "topk"})
+    p = masking.plan(MaskingConfig("difference_text"))
+    assert (p.text.kernel, p.text.params, p.patches.kernel) == ("difference", {"alpha": 1.0, "mode": "rank"}, "random")
+    assert masking.get("oracle").needs == {"truth"} and masking.get("random").needs == set()
+    assert masking.get("pmi").needs == {"ngrams"}
     with pytest.raises(MaskingError, match="unknown masking strategy 'nope'"):
-        masking.pairing("nope")
+        masking.get("nope")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(strategy="random", alpha=0.5), "masking.alpha=0.5: strategy 'random' takes no alpha"),
+    (dict(strategy="oracle", alpha=0.5), "strategy 'oracle' takes no alpha"),
+    (dict(strategy="difference_patches", text_mode="topk"), "does not rank text by score"),
+    (dict(strategy="tube", patch_mode="rank"), "does not rank patches by score"),
+    (dict(strategy="pmi", whole_word=True), "chooses its own text units"),
+    (dict(strategy="difference", text_mode="nope"), "mode must be 'rank' or 'topk'"),
+    (dict(strategy="difference", alpha=-0.1), r"alpha must be in \[0, 1\]"),
+    (dict(strategy="difference", patch_ratio=1.0), r"ratio must be in \(0, 1\)"),
+    (dict(strategy="random", mask_prob=0.95, random_prob=0.1), "mask_prob \\+ random_prob"),
+])
+def test_a_key_the_strategy_does_not_take_is_refused(kwargs, match):
+    with pytest.raises(MaskingError, match=match):
+        MaskingConfig(**kwargs)
+
+
+def test_defaults_are_declared_once_in_the_records():
+    # unset alpha and modes take the strategy's own; a set alpha reaches every side that takes one
+    p = masking.plan(MaskingConfig("difference", alpha=0.3))
+    assert p.text.params == {"alpha": 0.3, "mode": "rank"} and p.patches.params == {"alpha": 0.3, "mode": "topk"}
+    assert masking.plan(MaskingConfig("span")).text.params == {"p": 0.2, "max_span": 10}
+    # whole words: the word kernel of the record, the budget counted in words
+    p = masking.plan(MaskingConfig("whole_word", whole_word=True))
+    assert p.text.kernel == "random" and p.text.words
+
+
+def test_a_strategy_registered_once_is_known_everywhere(tmp_path):
+    """One record drives the collator, the inspector, the training config and the experiment harness."""
+    from videomask import experiments, inspection, train
+    from videomask.collate import MaskingCollator, text_sample
+    from videomask.masking.strategies import STRATEGIES, Side, Strategy, register
+    from videomask.model import ModelConfig, load_tokenizer
+
+    register(Strategy("first_words", Side("span", fixed={"p": 0.5, "max_span": 1}), Side("tube", unit="tube"),
+                      "test: spans of one word"))
+    try:
+        # collate
+        tok = load_tokenizer(ModelConfig())
+        b = MaskingCollator(tok, MaskingConfig("first_words", text_ratio=0.5))([text_sample("one two three four")])
+        assert int(b["text_mask"].sum()) == 2
+        # inspection
+        s = {"key": "k", "meta": {"word_scores": [0.0] * 4}, "words": [{"w": "x", "s": 0, "e": 1}] * 4,
+             "patch_scores": torch.rand(2, 3, 3).numpy()}
+        patches, words = inspection.sample_masks(s, inspection.masking_config("first_words", ["text_ratio=0.5"]))
+        assert sum(words) == 2 and (patches[0] == patches[1]).all()
+        # training config (the masking section validated against the record) and experiments
+        cfg = train.load_config([], ["masking.strategy=first_words"])
+        assert masking.plan(cfg.masking).patches.kernel == "tube"
+        with pytest.raises(Exception, match="takes no alpha"):
+            train.load_config([], ["masking.strategy=first_words", "masking.alpha=0.5"])
+        e = experiments.load_config([], ["strategies=[random,first_words]"])
+        assert [c["strategy"] for c in experiments.cells(e)] == ["none", "random", "first_words"]
+    finally:
+        del STRATEGIES["first_words"]
 
 
 def test_ordinal_ranks_weigh_words_not_distinct_scores():
     # 10 words, 9 of which tie: dense ranks would give the top word weight 2 against 1 (a 2x preference);
     # ordinal ranks give N - rank: 9 for the top word against a mean of 4 for the tied ones.
     scores = torch.tensor([[1.0] + [0.0] * 9])
-    w = masking._ordinal_weights(scores, torch.ones(1, 10, dtype=torch.bool), None)
+    w = masking.kernels._ordinal_weights(scores, torch.ones(1, 10, dtype=torch.bool), None)
     assert w[0, 0] == 9 and sorted(w[0, 1:].tolist()) == list(map(float, range(9)))
     # sub-tokens share their word's weight; unranked positions (punctuation) weigh 0
     word_ids = torch.tensor([[0, 0, -1, 1, 2, 2, -1]])
     tok = torch.tensor([[0.9, 0.9, 0.0, 0.1, 0.5, 0.5, 0.0]])
-    w = masking._ordinal_weights(tok, word_ids >= 0, word_ids)
+    w = masking.kernels._ordinal_weights(tok, word_ids >= 0, word_ids)
     assert w.tolist() == [[2.0, 2.0, 0.0, 0.0, 1.0, 1.0, 0.0]]
 
 
@@ -217,7 +283,7 @@ def test_inverse_difference_never_masks_punctuation_before_words():
                            word_ids=word_ids)
                 assert int(m.sum()) == 3 and not (m & (word_ids < 0)).any(), (name, mode, seed)
     # the inverse ranks the least different words first (top-k: exactly the three lowest words)
-    m = select("inverse_difference", scores, valid, 0.15, torch.Generator().manual_seed(0), mode="topk",
+    m = select("inverse_difference", scores, valid, 0.15, torch.Generator().manual_seed(0), alpha=1.0, mode="topk",
                word_ids=word_ids)
     words = scores[0, ::2]
     assert set(m[0].nonzero().flatten().tolist()) == {2 * int(i) for i in words.argsort()[:3]}
@@ -228,8 +294,10 @@ def test_oracle_masks_ground_truth_first_with_the_same_budget():
     truth[0, :5] = 1  # 5 truly specific units, budget 10: all 5, then 5 uniform
     truth[1, 10:30] = 1  # 20 of them, budget 10: 10 of those
     valid = torch.ones(2, 40, dtype=torch.bool)
-    m = select("oracle", truth, valid, 0.25, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    side = masking.plan(MaskingConfig("oracle", text_ratio=0.25)).text
+    assert side.reads == "truth"
+    m = side.draw(truth, valid, [torch.Generator().manual_seed(s) for s in (0, 1)])
     assert m.sum(1).tolist() == [10, 10]
     assert m[0, :5].all() and m[1, 10:30].sum() == 10
-    with pytest.raises(MaskingError, match="'oracle' needs ground truth"):
-        select("oracle", None, valid, 0.25, torch.Generator())
+    with pytest.raises(MaskingError, match="ranks units by scores or ground truth"):
+        side.draw(None, valid, torch.Generator())

@@ -358,7 +358,7 @@ def test_os_errors_and_impossible_values_are_messages(tiny_world, scored_shards,
 def test_frame_limit_without_a_stated_size_and_decoding_from_the_checked_headers(scored_shards):
     sample = {"__key__": "k", "__url__": "x.tar", "json": {"frame_indices": [0]}, "f000.jpg": bomb_header(5000)}
     with pytest.raises(data.SampleError, match="5000x5000 .* not the limit of 4096 px"):
-        data.check_sample(sample)
+        data.sample_geometry(sample)
     # the loader's batched torchvision decoding gives Pillow's pixels, frame for frame
     first = next(iter(data.dataset(scored_shards, "train", handler=data.ErrorCounter(strict=True))))
     _, shards = read_raw(scored_shards)

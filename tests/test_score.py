@@ -10,6 +10,7 @@ from PIL import Image
 
 from videomask import anchors, data
 from videomask.demo import world
+from videomask.masking import MaskingConfig
 from videomask.prep import build
 from videomask.scoring import score
 from videomask.scoring.clip_scorer import ClipScorer
@@ -148,13 +149,17 @@ def test_cli_and_inspection_picture(tmp_path, scored_shards, tiny_anchors):
     from videomask import inspection as inspect
 
     sample = inspect.find_sample(scored_shards, index=1)
-    patches, words = inspect.sample_masks(sample, "difference", patch_ratio=0.25)
+    patches, words = inspect.sample_masks(sample, MaskingConfig("difference", patch_ratio=0.25))
     ps = sample["patch_scores"].astype(np.float32)
     assert patches.sum() == round(0.25 * ps.size) and ps[patches.numpy()].min() >= ps[~patches.numpy()].max()
     assert sum(words) == round(0.15 * len(sample["words"]))
     r = subprocess.run([sys.executable, "-m", "videomask.inspection", str(scored_shards), "--strategy", "difference",
-                        "--out", str(tmp_path / "m.png")], capture_output=True, text=True)
+                        "--out", str(tmp_path / "m.png"), "--masking", "alpha=0.5"], capture_output=True, text=True)
     assert r.returncode == 0 and Image.open(tmp_path / "m.png").size == img.size
+    # a key the strategy does not take is refused, as in a training config
+    r = subprocess.run([sys.executable, "-m", "videomask.inspection", str(scored_shards), "--strategy", "random",
+                        "--out", str(tmp_path / "r.png"), "--masking", "alpha=0.5"], capture_output=True, text=True)
+    assert r.returncode == 2 and "takes no alpha" in r.stderr and not (tmp_path / "r.png").exists()
     r = subprocess.run([sys.executable, "-m", "videomask.inspection", "--anchors-chart", str(tiny_anchors), "--out",
                         str(tmp_path / "a.png")], capture_output=True, text=True)
     assert r.returncode == 0 and Image.open(tmp_path / "a.png").size[0] > 300

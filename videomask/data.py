@@ -16,7 +16,7 @@ makes the sample fail: a shard from the internet can never run code here. Shard
 names from a manifest and member names in a tar stay inside their folder.
 
 ``Validate`` checks each sample before anything is decoded or batched (see
-``check_sample``): members regular files with safe names, frame count and size
+``sample_geometry``): members regular files with safe names, frame count and size
 against the metadata and the shard's stated size (read from the JPEG header, so a
 "decompression bomb" is refused before it is decoded), words well-formed, score
 lengths, shapes and values finite. The collator only sees valid samples.
@@ -37,7 +37,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 import webdataset as wds
 
 from . import tarstream
@@ -226,7 +225,7 @@ def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check_sample(s: dict, size: int | None = None, grid: tuple | None = None) -> tuple[int | None, tuple | None]:
+def sample_geometry(s: dict, size: int | None = None, grid: tuple | None = None) -> tuple[int | None, tuple | None]:
     """Raise ``SampleError`` (naming the shard, the key and the problem) unless the safely decoded sample ``s`` is
     usable; frames are checked from their JPEG headers, nothing is decoded. ``size``: the frame side the shard
     states (or the stream's first); ``grid``: the stream's patch-score grid. Returns this sample's (size, grid)."""
@@ -297,7 +296,7 @@ def check_sample(s: dict, size: int | None = None, grid: tuple | None = None) ->
 
 
 class Validate:
-    """A stage: ``check_sample`` on every sample (failures go to the handler: skipped and counted, or raised).
+    """A stage: ``sample_geometry`` on every sample (failures go to the handler: skipped and counted, or raised).
     The frame size and the patch grid a stream must keep: the shards' stated size, else the first sample's."""
 
     def __init__(self, size: int | None = None, handler: ErrorCounter | None = None):
@@ -306,7 +305,7 @@ class Validate:
     def __call__(self, samples):
         for s in samples:
             try:
-                size, grid = check_sample(s, self.size, self.grid)
+                size, grid = sample_geometry(s, self.size, self.grid)
             except SampleError as e:
                 if self.handler(e):
                     continue
@@ -356,173 +355,16 @@ def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle:
         stages.append(wds.shuffle(shuffle, initial=shuffle_initial or 100, seed=seed))
     stages += [wds.map(safe_decode, handler=handler), Validate(stated_frame_size(path), handler),
                wds.map(partial(to_sample, frames=frames), handler=handler)]
-    pipe = wds.DataPipeline(*stages)
-    pipe.errors = handler
-    return pipe
+    return wds.DataPipeline(*stages)
 
 
-def with_report(handler: ErrorCounter):
-    """A stage after batching: every batch carries ``data_report`` = (worker, samples read, skips by reason, an
-    example message per reason) of the process or DataLoader worker that made it, cumulative; when the stream
-    ends, one last item holding only the report. ``SkipReport`` adds the workers' reports up."""
-    def stage(batches):
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info else 0
-        for b in batches:
-            b["data_report"] = (worker, handler.seen, dict(handler.counts), dict(handler.examples))
-            yield b
-        yield {"data_report": (worker, handler.seen, dict(handler.counts), dict(handler.examples))}
+def split_samples(rank: int, world: int):
+    """A pipeline stage: sample i goes to process i % world (exact batch equivalence across world sizes)."""
+    def stage(src):
+        for i, s in enumerate(src):
+            if i % world == rank:
+                yield s
     return stage
-
-
-class SkipReport:
-    """Samples read and skipped, by reason, added up over the DataLoader's workers (each reports its own
-    cumulative counts; the latest report of each worker counts). ``epoch`` for the running epoch, ``total``
-    over the run's epochs so far."""
-
-    def __init__(self, max_fraction: float, min_samples: int = 200):
-        self.max_fraction, self.min_samples = max_fraction, min_samples
-        self.latest, self.total_seen, self.total = {}, 0, Counter()
-        self.examples: dict[str, str] = {}
-
-    def update(self, report):
-        worker, seen, counts, examples = report
-        self.latest[worker] = (seen, counts)
-        for k, v in examples.items():
-            self.examples.setdefault(k, v)
-
-    def epoch(self) -> tuple[int, Counter]:
-        seen, counts = 0, Counter()
-        for n, c in self.latest.values():
-            seen += n
-            counts.update(c)
-        return seen, counts
-
-    def end_epoch(self) -> tuple[int, Counter]:
-        """The finished epoch's (samples read, skips); the running counts start again."""
-        seen, counts = self.epoch()
-        self.total_seen += seen
-        self.total.update(counts)
-        self.latest = {}
-        return seen, counts
-
-    def too_many(self, seen: int, counts: Counter, finished: bool = False) -> str | None:
-        """The message to stop with, or None: more than ``max_fraction`` of ``seen`` skipped (judged once
-        ``min_samples`` were read, or at the end of an epoch)."""
-        skipped = sum(counts.values())
-        if not seen or (seen < self.min_samples and not finished) or skipped <= self.max_fraction * seen:
-            return None
-        worst = "; ".join(f"{r}: {n} (e.g. {self.examples.get(r, '?')})" for r, n in counts.most_common(3))
-        return (f"{skipped} of {seen} samples read were skipped as unusable ({100 * skipped / seen:.1f}% > "
-                f"data.max_skip_fraction={self.max_fraction}). Commonest reasons: {worst}. Fix or rebuild the shards "
-                "(`videomask check SHARDS` lists every bad sample), or raise data.max_skip_fraction")
-
-    def line(self) -> str:
-        seen, counts = self.epoch()
-        counts = counts + self.total
-        seen += self.total_seen
-        n = sum(counts.values())
-        return (f"{n} of {seen} samples read were skipped" + (f": {', '.join(f'{r} {k}' for r, k in counts.most_common())}"
-                                                              if n else ""))
-
-
-class Cached(torch.utils.data.IterableDataset):
-    """Replays ``source`` from memory after one complete pass (a small dataset read every epoch: the tar
-    reading and JPEG decoding happen once). An interrupted first pass is not kept; samples are shared
-    between epochs, so consumers must not modify them in place (the collator copies what it changes)."""
-
-    def __init__(self, source):
-        super().__init__()
-        self.source, self.samples = source, None
-
-    def __iter__(self):
-        if self.samples is not None:
-            yield from self.samples
-            return
-        seen = []
-        for s in self.source:
-            seen.append(s)
-            yield s
-        self.samples = seen
-
-
-class Windows:
-    """A pipeline stage: a text-only sample longer than ``max_tokens`` (special tokens included) becomes
-    windows of at most that many tokens, ``stride`` tokens overlapping, cut at word boundaries, instead of
-    being truncated by the tokenizer. Each window keeps its words (offsets rebased) and their stored scores,
-    and gets the key ``KEY#wJ`` (its own masks). Video samples pass unchanged (their frames tie the
-    transcript). ``counts``: documents seen, documents windowed, windows made."""
-
-    def __init__(self, tokenizer, max_tokens: int, stride: int = 32):
-        specials = tokenizer.num_special_tokens_to_add(pair=False)
-        self.tokenizer, self.room = tokenizer, max_tokens - specials
-        if self.room < 8:
-            raise DataError(f"max_tokens {max_tokens} leaves {self.room} tokens per window: too few")
-        self.stride = min(stride, self.room // 2)
-        self.counts = Counter()
-
-    def __call__(self, samples):
-        for s in samples:
-            self.counts["documents"] += 1
-            if s.get("frames") is not None or not s.get("text"):
-                yield s
-                continue
-            enc = self.tokenizer(s["text"], add_special_tokens=False, return_offsets_mapping=True)
-            spans = enc["offset_mapping"]
-            if len(spans) <= self.room:
-                yield s
-                continue
-            self.counts["windowed"] += 1
-            for j, (a, b) in enumerate(self._windows(s, spans)):
-                self.counts["windows"] += 1
-                yield self._cut(s, a, b, j)
-
-    def _windows(self, s, spans):
-        """Character spans [a, b) of the windows, each at most ``room`` tokens. A window starts at its first token,
-        moved forward to the next word start if that token is inside a word, and ends before the word that does
-        not fit whole: no word is split, and every word is in a window whole (the overlap holds the moved parts)."""
-        starts = np.array([w["s"] for w in s["words"]] or [0])
-        ends = np.array([w["e"] for w in s["words"]] or [0])
-
-        def start_at(c):
-            k = int(np.searchsorted(starts, c, side="right")) - 1
-            if k >= 0 and starts[k] < c < ends[k]:  # inside word k: start with the next word
-                return int(starts[k + 1]) if k + 1 < len(starts) else c
-            return c
-
-        def end_at(c):
-            k = int(np.searchsorted(starts, c, side="right")) - 1
-            return int(starts[k]) if k >= 0 and starts[k] < c < ends[k] else c
-
-        out, i, n = [], 0, len(spans)
-        while True:
-            end = min(i + self.room, n)
-            a = start_at(spans[i][0]) if i else 0
-            if end == n:
-                out.append((a, len(s["text"])))
-                return out
-            b = end_at(spans[end][0])
-            if b <= a:  # one word longer than a window: cut inside it
-                b = spans[end][0]
-            out.append((a, b))
-            i = max(end - self.stride, i + 1)
-
-    @staticmethod
-    def _cut(s, a, b, j):
-        words = []
-        stored = s["meta"].get("word_scores")
-        truth = s["meta"].get("word_truth")
-        keep = [k for k, w in enumerate(s["words"]) if w["s"] >= a and w["e"] <= b]
-        for k in keep:
-            w = s["words"][k]
-            words.append({**w, "s": w["s"] - a, "e": w["e"] - a})
-        meta = {**s["meta"], "words": words}
-        if stored is not None:
-            meta["word_scores"] = [stored[k] for k in keep]
-        if truth is not None:
-            meta["word_truth"] = [truth[k] for k in keep]
-        meta["window"] = {"of": s["key"], "index": j, "chars": [a, b]}
-        return {**s, "key": f"{s['key']}#w{j}", "text": s["text"][a:b], "words": words, "meta": meta}
 
 
 def main(argv=None) -> int:

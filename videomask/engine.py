@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -62,6 +66,63 @@ def gather_objects(obj, world: int) -> list:
 
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# -- the loop ------------------------------------------------------------------------------------
+@dataclass
+class LoopState:
+    """What changes while a run trains; the checkpoint keeps step, epoch and batch_in_epoch."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # passes over the training data begun
+    batch_in_epoch: int = 0  # batches of this epoch trained on (a resume skips that many)
+    saved_step: Optional[int] = None  # the step of the last checkpoint written (its weights all finite)
+    steps_here: int = 0  # steps taken in this invocation (run.stop_after)
+    data_wait: float = 0.0  # seconds spent waiting for batches since the last logged step
+    t_log: float = field(default_factory=time.perf_counter)  # when the last logged step ended
+
+
+class StopSignals:
+    """``with StopSignals() as stop:`` SIGTERM and SIGINT set ``stop.signal`` instead of ending the process, so
+    the loop can finish its step, save and return; the caller's handlers come back on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self.previous: dict = {}
+
+    def _set(self, signum, frame):
+        self.signal = signum
+
+    def __enter__(self) -> "StopSignals":
+        self.previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._set)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def weights_finite(model, world: int, device) -> bool:
+    """All parameters finite on every process (a collective with several)."""
+    return all_ranks_true(all(bool(torch.isfinite(local(p)).all()) for p in model.parameters()), world, device)
+
+
+def metrics_values(r: dict) -> dict:
+    """A forward pass's outputs as floats, in one device-to-host copy (one sync, not one per metric)."""
+    values = torch.stack([v.detach().float().reshape(()) for v in r.values()]).tolist()
+    return dict(zip(r, values))
+
+
+def resume_state(out: Path, cfg, ckpt: str) -> Optional[dict]:
+    """The checkpoint ``out/ckpt`` to continue from with ``run.resume=auto`` (checked against ``cfg``), else None."""
+    if cfg.run.resume != "auto" or not (out / ckpt).exists():
+        return None
+    return read_checkpoint(out / ckpt, cfg)
 
 
 # -- run folders and checkpoints ------------------------------------------------------------------
@@ -148,15 +209,6 @@ class MetricsLog:
 
 
 # -- parallelism (shared by train and finetune) ---------------------------------------------------
-def split_samples(rank: int, world: int):
-    """A pipeline stage: sample i goes to process i % world (exact batch equivalence across world sizes)."""
-    def stage(src):
-        for i, s in enumerate(src):
-            if i % world == rank:
-                yield s
-    return stage
-
-
 def transformer_blocks(model) -> list:
     """The blocks FSDP shards one by one: the joint encoder's layers and the ViT's."""
     blocks = list(getattr(model.mlm.base_model.encoder, "layer", []))

@@ -69,15 +69,20 @@ NONE = "none"  # the strategy of the no-continued-pretraining cells
 
 
 def scored(strategy: str) -> bool:
-    """Strategies that read difference scores: alphas and anchor counts vary them (the registry says which)."""
-    return strategy != NONE and "scores" in masking.needs(strategy)
+    """Strategies that read difference scores: anchor counts vary them (their records say which)."""
+    return strategy != NONE and "scores" in masking.get(strategy).needs
+
+
+def mixed(strategy: str) -> bool:
+    """Strategies that take ``alpha``: the alphas vary them."""
+    return strategy != NONE and masking.get(strategy).takes("alpha")
 
 
 @dataclass
 class ExperimentConfig:
     out: str = "runs/experiments"  # the folder of cells, tables and the picture
     strategies: list = field(default_factory=lambda: ["random", "difference"])
-    alphas: list = field(default_factory=lambda: [1.0])  # alpha values of the scored strategies
+    alphas: list = field(default_factory=list)  # alpha values of the strategies that take one; empty: their default
     # top-K of the anchors to compare (re-scored per K); empty: as configured
     anchor_counts: list = field(default_factory=list)
     # seeds: each fixes data order, masks and initialisation of its cells
@@ -113,11 +118,10 @@ class ExperimentConfig:
             raise ConfigError(f"metric must be one of {', '.join(METRICS + PROBE_COLUMNS)}, got {self.metric!r}")
         for name in self.strategies:  # every cell's strategy is checked before the first one trains
             try:
-                masking.pairing(name)
+                for alpha in (self.alphas or [None]) if mixed(name) else [None]:
+                    masking.MaskingConfig(name, alpha=None if alpha is None else float(alpha))
             except masking.MaskingError as e:
-                raise ConfigError(f"strategies: {e}") from None
-        if any(not 0 <= float(a) <= 1 for a in self.alphas):
-            raise ConfigError(f"alphas must be in [0, 1], got {list(self.alphas)}")
+                raise ConfigError(f"strategies={list(self.strategies)}, alphas={list(self.alphas)}: {e}") from None
         if self.anchor_counts and not (self.shards and self.scorer):
             raise ConfigError("anchor_counts needs shards (unscored) and scorer to re-score them for each count")
         if any(int(k) < 1 for k in self.anchor_counts):
@@ -142,9 +146,8 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
             out.append({"condition": "no continued pretraining", "strategy": NONE, "alpha": None, "anchors": None,
                         "seed": int(seed)})
         for strategy in cfg.strategies:
-            uses_scores = scored(strategy)
-            for alpha in (cfg.alphas if uses_scores else [None]):
-                for k in (cfg.anchor_counts or [None]) if uses_scores else [None]:
+            for alpha in (cfg.alphas or [None]) if mixed(strategy) else [None]:
+                for k in (cfg.anchor_counts or [None]) if scored(strategy) else [None]:
                     label = strategy + (f" a={alpha:g}" if alpha is not None and len(cfg.alphas) > 1 else "") + (
                         f" k={k}" if k is not None else "")
                     out.append({"condition": label, "strategy": strategy, "alpha": alpha, "anchors": k,

@@ -33,6 +33,7 @@ import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -267,7 +268,7 @@ def stream(cfg: FinetuneConfig, split: str, collate, rank: int, world: int, seed
                         shuffle=1000 if seed is not None else 0, shuffle_initial=1000, seed=seed or 0,
                         handler=data.ErrorCounter(strict=True))
     pipe.append(enumerate)  # the sample's index in the split, before the split across processes
-    pipe.append(engine.split_samples(rank, world))
+    pipe.append(data.split_samples(rank, world))
     pipe.append(wds.batched(cfg.batch_size, collation_fn=lambda rows: ([i for i, _ in rows],
                                                                        collate([s for _, s in rows]))))
     yield from pipe
@@ -356,7 +357,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     return result
 
 
-def check_splits(cfg: FinetuneConfig) -> dict:
+def split_summary(cfg: FinetuneConfig) -> dict:
     """The three splits' sizes, the training labels (None for mcqa) and the most test candidates, read from
     the metadata before anything trains or is written; unseen test labels are refused here."""
     if not cfg.shards:
@@ -381,113 +382,160 @@ def write_results(cfg: FinetuneConfig, out: Path, result: dict, best_state: dict
                               f"{cfg.task} ({cfg.mode}): test accuracy {result['test']['accuracy']:.3f}")
 
 
+@dataclass
+class Run:
+    """What stays fixed while a fine-tuning run trains."""
+
+    cfg: FinetuneConfig
+    model: "Finetuner"
+    trainable: nn.Module  # the head in probe mode, else the model: what the checkpoint keeps
+    opt: torch.optim.Optimizer
+    collate: "Collate"
+    labels: Optional[list]
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    autocast: object
+    features: Optional[dict] = None  # probe mode: each split's cached (features, candidates, gold)
+    ddp: Optional[nn.Module] = None  # what trains: the model, DDP-wrapped with several processes
+
+
+@dataclass
+class Progress:
+    """Fine-tuning's loop state: where it is and the best epoch so far (all of it in the checkpoint)."""
+
+    start: int = 0  # the first epoch this invocation trains
+    best: float = -1.0  # the best validation score so far
+    best_state: Optional[dict] = None  # the trainable weights of that epoch
+    history: list = field(default_factory=list)  # one row per finished epoch
+    waited: int = 0  # epochs since the best one (early stopping at cfg.patience)
+
+
+def make_optimizer(cfg: FinetuneConfig, model: Finetuner) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, the new head at ``head_lr`` (default: ``lr``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    head = {id(p) for p in model.head.parameters()}
+    groups = [{"params": [p for p in params if id(p) in head], "lr": cfg.head_lr or cfg.lr},
+              {"params": [p for p in params if id(p) not in head], "lr": cfg.lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+
+
+def resume(cfg: FinetuneConfig, out: Path, trainable: nn.Module, opt, rank: int) -> Progress:
+    st = engine.resume_state(out, cfg, CKPT)
+    if st is None:
+        return Progress()
+    trainable.load_state_dict(st["trainable"])
+    opt.load_state_dict(st["optimizer"])
+    torch.set_rng_state(st["rng"])
+    if rank == 0:
+        logger.info(f"resumed from {out / CKPT} after epoch {st['epoch']}")
+    return Progress(st["epoch"] + 1, st["best"], st["best_state"], st["history"], st["waited"])
+
+
+def train_epoch(ft: "Run", epoch: int) -> tuple[list, list, list]:
+    """One epoch of the head (on cached features) or of the model; returns (losses, val gold, val predictions)."""
+    cfg, model, opt, device = ft.cfg, ft.model, ft.opt, ft.device
+    model.train()
+    if cfg.mode == "probe":
+        model.encoder.eval()  # a frozen encoder: no dropout either
+    losses = []
+    if ft.features is not None:
+        f, c, g = ft.features[cfg.train_split]
+        order = torch.from_numpy(np.random.default_rng([cfg.run.seed, epoch]).permutation(len(g)))
+        for i in range(0, len(g), cfg.batch_size):
+            j = order[i:i + cfg.batch_size]
+            loss = F.cross_entropy(model.scores(f[j].to(device), None if c is None else c[j].to(device)),
+                                   g[j].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return (losses, *cached_predict(model, ft.features[cfg.val_split], device))
+    # processes may hold one batch more than others: DDP's join lets the short ones wait
+    with ft.ddp.join() if ft.world > 1 else nullcontext():
+        for _, b in stream(cfg, cfg.train_split, ft.collate, ft.rank, ft.world, seed=cfg.run.seed * 1000 + epoch):
+            losses.append(train_step(ft.ddp, opt, engine.to_device(b, device), ft.autocast))
+    return (losses, *predict(model, cfg, cfg.val_split, ft.collate, ft.rank, ft.world, device, ft.autocast))
+
+
+def end_epoch(ft: "Run", progress: Progress, epoch: int, losses: list, gold: list, pred: list, log):
+    """Score the epoch on the validation split, keep the best weights, count patience, checkpoint."""
+    cfg, labels, rank = ft.cfg, ft.labels, ft.rank
+    n_classes = len(labels) if labels else max(pred + gold) + 1
+    val = metrics.scores(gold, pred, n_classes)
+    score = val[cfg.select]
+    row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+    progress.history.append(row)
+    log.write(row, epoch)
+    logger.debug(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val {cfg.select} {score:.4f}")
+    if score > progress.best:
+        progress.best, progress.waited = score, 0
+        progress.best_state = copy.deepcopy(ft.trainable.state_dict())
+    else:
+        progress.waited += 1
+    if rank == 0:
+        engine.save_checkpoint(ft.out / CKPT, {
+            "trainable": ft.trainable.state_dict(), "optimizer": ft.opt.state_dict(),
+            "rng": torch.get_rng_state(), "epoch": epoch, "best": progress.best, "best_state": progress.best_state,
+            "history": progress.history, "waited": progress.waited}, cfg)
+
+
+def test_result(ft: "Run", progress: Progress, splits: dict, params: int) -> dict:
+    """The best epoch's weights on the test split, and everything metrics.json holds."""
+    cfg, model, labels, collate = ft.cfg, ft.model, ft.labels, ft.collate
+    args = (cfg, cfg.test_split, collate, ft.rank, ft.world, ft.device, ft.autocast)
+    ft.trainable.load_state_dict(progress.best_state)
+    if ft.features is not None:
+        gold, pred = cached_predict(model, encode_split(model, *args), ft.device)
+    else:
+        gold, pred = predict(model, *args)
+    n_classes = len(labels) if labels else splits["k_test"]
+    return {"stopped": False, "task": cfg.task, "mode": cfg.mode, "init": cfg.init or "base model",
+            "select": cfg.select, f"best_val_{cfg.select}": progress.best, "test": metrics.scores(gold, pred, n_classes),
+            "labels": labels or [f"answer {i}" for i in range(n_classes)], "history": progress.history,
+            "trainable_parameters": params, "samples": splits["samples"], "processes": ft.world,
+            **({"truncated": {"texts": collate.texts, "longer_than_max_text_len": collate.truncated,
+                              "max_text_len": cfg.max_text_len}} if cfg.task == "text_cls" else {}),
+            # per question, in the shards' order: what paired comparisons across models resample
+            "test_predictions": {"gold": list(map(int, gold)), "pred": list(map(int, pred))}}
+
+
 def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
-    splits = check_splits(cfg)
+    splits = split_summary(cfg)
     labels = splits["labels"]
     torch.manual_seed(cfg.run.seed)
     model, trainable, tokenizer = build_finetuner(cfg, labels)  # before the run folder: a bad init writes nothing
     out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl", "metrics.json"))
     model = model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    head = {id(p) for p in model.head.parameters()}
-    groups = [{"params": [p for p in params if id(p) in head], "lr": cfg.head_lr or cfg.lr},
-              {"params": [p for p in params if id(p) not in head], "lr": cfg.lr}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, model)
     collate = Collate(cfg, tokenizer, labels)
     autocast = engine.autocast(cfg.run, device)
-    cached = cfg.mode == "probe" and cfg.cache_features
-    if cached:  # the encoder is frozen: its features are computed once, split across processes
-        feats = {s: encode_split(model, cfg, s, collate, rank, world, device, autocast)
-                 for s in (cfg.train_split, cfg.val_split)}
-        f, c, _ = feats[cfg.train_split]
+    ft = Run(cfg, model, trainable, opt, collate, labels, out, rank, world, device, autocast)
+    if cfg.mode == "probe" and cfg.cache_features:  # a frozen encoder: its features computed once, split across processes
+        ft.features = {s: encode_split(model, cfg, s, collate, rank, world, device, autocast)
+                          for s in (cfg.train_split, cfg.val_split)}
+        f, c, _ = ft.features[cfg.train_split]
         model.head[0].set((f[c] if c is not None else f).to(device))  # real candidates only, not the padding
-        # every process then trains the (tiny) head on all features, identically: no DDP needed
-        ddp = model
-    else:
-        # the pretraining heads (MLM, patch predictor, mask token) get no gradients here: DDP must expect that
-        ddp = engine.wrap(model, world, device, "ddp", find_unused=True)
-
-    start, best, best_state, history, waited = 0, -1.0, None, [], 0
-    if cfg.run.resume == "auto" and (out / CKPT).exists():
-        st = engine.read_checkpoint(out / CKPT, cfg)
-        trainable.load_state_dict(st["trainable"])
-        opt.load_state_dict(st["optimizer"])
-        torch.set_rng_state(st["rng"])
-        start, best, best_state, history, waited = (st["epoch"] + 1, st["best"], st["best_state"], st["history"],
-                                                    st["waited"])
-        if rank == 0:
-            logger.info(f"resumed from {out / CKPT} after epoch {st['epoch']}")
+        ft.ddp = model  # every process then trains the (tiny) head on all features, identically: no DDP needed
+    else:  # the pretraining heads (MLM, patch predictor, mask token) get no gradients here: DDP must expect that
+        ft.ddp = engine.wrap(model, world, device, "ddp", find_unused=True)
+    progress = resume(cfg, out, trainable, opt, rank)
     log = engine.MetricsLog(out, rank)
-    stopped, epochs_here = waited >= cfg.patience, 0
-    for epoch in range(start, cfg.epochs):
-        if stopped:
+    for epoch in range(progress.start, cfg.epochs):
+        if progress.waited >= cfg.patience:
             break
-        if cfg.run.stop_after and epochs_here >= cfg.run.stop_after:  # time-limited jobs: resume later
+        if cfg.run.stop_after and epoch - progress.start >= cfg.run.stop_after:  # time-limited jobs: resume later
             log.close()
             if rank == 0:
                 logger.info(f"stopped after epoch {epoch - 1} (run.stop_after={cfg.run.stop_after}); "
-                      "continue with run.resume=auto")
-            return {"stopped": True, "epoch": epoch - 1, "history": history}
-        epochs_here += 1
-        model.train()
-        if cfg.mode == "probe":
-            model.encoder.eval()  # a frozen encoder: no dropout either
-        losses = []
-        if cached:
-            f, c, g = feats[cfg.train_split]
-            order = torch.from_numpy(np.random.default_rng([cfg.run.seed, epoch]).permutation(len(g)))
-            for i in range(0, len(g), cfg.batch_size):
-                j = order[i:i + cfg.batch_size]
-                loss = F.cross_entropy(model.scores(f[j].to(device), None if c is None else c[j].to(device)),
-                                       g[j].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-            gold, pred = cached_predict(model, feats[cfg.val_split], device)
-        else:
-            # processes may hold one batch more than others: DDP's join lets the short ones wait
-            with ddp.join() if world > 1 else nullcontext():
-                for _, b in stream(cfg, cfg.train_split, collate, rank, world, seed=cfg.run.seed * 1000 + epoch):
-                    losses.append(train_step(ddp, opt, engine.to_device(b, device), autocast))
-            gold, pred = predict(model, cfg, cfg.val_split, collate, rank, world, device, autocast)
-        n_classes = len(labels) if labels else max(pred + gold) + 1
-        val = metrics.scores(gold, pred, n_classes)
-        score = val[cfg.select]
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
-        history.append(row)
-        log.write(row, epoch)
-        if rank == 0:
-            logger.info(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val {cfg.select} {score:.4f}")
-        if score > best:
-            best, waited = score, 0
-            best_state = copy.deepcopy(trainable.state_dict())
-        else:
-            waited += 1
-            stopped = waited >= cfg.patience
-        if rank == 0:
-            engine.save_checkpoint(out / CKPT, {"trainable": trainable.state_dict(), "optimizer": opt.state_dict(),
-                                                "rng": torch.get_rng_state(), "epoch": epoch, "best": best,
-                                                "best_state": best_state, "history": history, "waited": waited}, cfg)
+                            "continue with run.resume=auto")
+            return {"stopped": True, "epoch": epoch - 1, "history": progress.history}
+        end_epoch(ft, progress, epoch, *train_epoch(ft, epoch), log)
     log.close()
-    trainable.load_state_dict(best_state)
-    if cached:
-        test_feats = encode_split(model, cfg, cfg.test_split, collate, rank, world, device, autocast)
-        gold, pred = cached_predict(model, test_feats, device)
-    else:
-        gold, pred = predict(model, cfg, cfg.test_split, collate, rank, world, device, autocast)
-    n_classes = len(labels) if labels else splits["k_test"]
-    result = {"stopped": False, "task": cfg.task, "mode": cfg.mode, "init": cfg.init or "base model",
-              "select": cfg.select, f"best_val_{cfg.select}": best, "test": metrics.scores(gold, pred, n_classes),
-              "labels": labels or [f"answer {i}" for i in range(n_classes)], "history": history,
-              "trainable_parameters": sum(p.numel() for p in params), "samples": splits["samples"],
-              "processes": world,
-              **({"truncated": {"texts": collate.texts, "longer_than_max_text_len": collate.truncated,
-                                "max_text_len": cfg.max_text_len}} if cfg.task == "text_cls" else {}),
-              # per question, in the shards' order: what paired comparisons across models resample
-              "test_predictions": {"gold": list(map(int, gold)), "pred": list(map(int, pred))}}
-    write_results(cfg, out, result, best_state, rank)
+    result = test_result(ft, progress, splits, sum(p.numel() for p in model.parameters() if p.requires_grad))
+    write_results(cfg, out, result, progress.best_state, rank)
     if rank == 0 and cfg.task == "text_cls" and collate.truncated:
         logger.warning(f"{collate.truncated} of {collate.texts} texts read were longer than max_text_len="
                        f"{cfg.max_text_len} tokens and were cut to it (metrics.json: truncated)")

@@ -106,33 +106,37 @@ def sample_figure(sample: dict, anchors: dict | None = None, patch_mask=None, wo
     return fig
 
 
-def sample_masks(sample: dict, strategy: str, text_ratio=0.15, patch_ratio=0.25, alpha=1.0, seed=0):
-    """The patches ([T, gh, gw], at the scorer's grid) and words that ``strategy`` would mask in
+def sample_masks(sample: dict, config) -> tuple:
+    """The patches ([T, gh, gw], at the scorer's grid) and words that the ``MaskingConfig`` would mask in
     this sample, drawn as the collator draws them (words as units, so no tokenizer is needed)."""
     import torch
 
-    from . import masking
     from .collate import sample_generator
+    from .masking import budget_sizes, plan
+    from .masking.strategies import VALUE_KEYS
 
-    text_name, patch_name = masking.pairing(strategy)
-    if text_name in ("whole_word", "pmi"):  # on word units, whole-word masking is random word masking
-        text_name = "random"
+    p = plan(config)
     patch_mask = None
-    patch_key = "patch_truth" if patch_name in masking.NEEDS_TRUTH else "patch_scores"
-    if sample.get(patch_key) is not None:
-        ps = torch.from_numpy(sample[patch_key].astype(np.float32))[None]
-        patch_mask = masking.select(patch_name, ps, torch.ones_like(ps, dtype=torch.bool), patch_ratio,
-                                    [sample_generator(seed, 0, sample["key"], "patch")], alpha=alpha, mode="topk")[0]
+    patch_values = sample.get(VALUE_KEYS[p.patches.reads or "scores"][1])
+    if patch_values is not None:
+        ps = torch.from_numpy(patch_values.astype(np.float32))[None]
+        patch_mask = p.patches.draw(ps, torch.ones_like(ps, dtype=torch.bool),
+                                    [sample_generator(config.seed, 0, sample["key"], "patch")])[0]
     word_mask = None
-    ws = sample["meta"].get("word_truth" if text_name in masking.NEEDS_TRUTH else "word_scores")
-    if ws:
+    ws = sample["meta"].get(VALUE_KEYS[p.text_words.reads or "scores"][0])
+    if ws and int(budget_sizes([len(ws)], config.text_ratio)[0]) > 0:
         scores = torch.tensor(ws, dtype=torch.float)[None]
-        valid = torch.ones_like(scores, dtype=torch.bool)
-        if round(text_ratio * len(ws)) > 0:
-            word_mask = masking.select(text_name, scores, valid, text_ratio,
-                                       [sample_generator(seed, 0, sample["key"], "text")], alpha=alpha,
-                                       mode="rank")[0].tolist()
+        word_mask = p.text_words.draw(scores, torch.ones_like(scores, dtype=torch.bool),
+                                      [sample_generator(config.seed, 0, sample["key"], "text")])[0].tolist()
     return patch_mask, word_mask
+
+
+def masking_config(strategy: str, overrides=()):
+    """The ``MaskingConfig`` of ``strategy`` and ``key=value`` overrides, validated like a training config's."""
+    from .config import load_config
+    from .masking import MaskingConfig
+
+    return load_config([], [f"strategy={strategy}", *overrides], schema=MaskingConfig)
 
 
 def anchors_chart(anchors: dict):
@@ -157,18 +161,15 @@ def main(argv=None) -> int:
     p.add_argument("--anchors", type=Path, help="anchors.json, listed beside the sample")
     p.add_argument("--anchors-chart", type=Path, metavar="ANCHORS_JSON", help="draw a bar chart of these anchors")
     p.add_argument("--strategy", help="outline what this masking strategy would mask (difference, random, ...)")
-    p.add_argument("--text-ratio", type=float, default=0.15)
-    p.add_argument("--patch-ratio", type=float, default=0.25)
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--masking", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other masking keys, as in a training config (text_ratio=0.15 alpha=0.5 seed=0 ...)")
     a = p.parse_args(argv)
     try:
         if a.anchors_chart:
             fig = anchors_chart(anchors_mod.load(a.anchors_chart))
         elif a.shards:
             sample = find_sample(a.shards, a.key, a.index)
-            masks = (sample_masks(sample, a.strategy, a.text_ratio, a.patch_ratio, a.alpha, a.seed) if a.strategy
-                     else (None, None))
+            masks = sample_masks(sample, masking_config(a.strategy, a.masking)) if a.strategy else (None, None)
             fig = sample_figure(sample, anchors_mod.load(a.anchors) if a.anchors else None, *masks,
                                 title=f"{sample['key']}: {a.strategy} masking" if a.strategy else "")
         else:

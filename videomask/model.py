@@ -359,7 +359,7 @@ class TextMLM(nn.Module):
 INIT_FREE = ("init", "dropout", "preset")
 
 
-def check_init(cfg: ModelConfig) -> Path | None:
+def init_run(cfg: ModelConfig) -> Path | None:
     """The run ``cfg.init`` names, checked before anything is built or written: it must hold a finished
     model of the same architecture and tokenizer. Raises ValueError naming the differing keys."""
     if not cfg.init:
@@ -381,7 +381,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, source: Path | None = None) -
     """The model of ``cfg``; with ``cfg.init``, carrying that run's weights. ``source``: an exported run whose
     ``hf/`` (and ``vision/``) give the architecture, so that loading it needs neither a hub nor the base's path."""
     model = (TextMLM(cfg, vocab_size, source) if cfg.kind == "text" else VideoLanguageModel(cfg, vocab_size, source))
-    run = check_init(cfg)
+    run = init_run(cfg)
     if run is not None:
         from safetensors.torch import load_model
 

@@ -5,9 +5,11 @@ domain (what ``python -m videomask demo`` produced) with difference-masking, on 
 Distributed: ``torchrun --nproc_per_node N -m videomask.train ...`` (DDP; gloo on
 CPU, nccl on GPU). See ``videomask.config`` for every option.
 
-Read top to bottom: setup (distributed, config, run folder), data, model and
-optimizer, resume, the loop (accumulate, clip, step, log, validate, checkpoint),
-export.
+Read top to bottom: ``train`` checks everything that can be refused, then ``_train`` sets up
+(run folder, model, loaders, optimizer, resume) and runs the loop, one named step at a time:
+``skip_check``, ``optimizer_step`` (accumulate, guard, clip, step), ``log_step``, validation,
+``checkpoint``; then ``export``. The loop's state is one ``engine.LoopState``; what stays fixed
+during a run is one ``Run``.
 """
 from __future__ import annotations
 
@@ -15,11 +17,10 @@ import json
 import logging
 import math
 import random
-import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,11 @@ from . import anchors as anchors_mod
 from . import data, engine, masking
 from .collate import MaskingCollator
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
-from .engine import all_ranks_true, to_device
+from .engine import LoopState, all_ranks_true, to_device
 from .files import FolderLock
-from .model import build_model, check_init, export_hf, load_tokenizer, text_positions
+from .loader import Loader, make_loader
+from .masking import strategies
+from .model import build_model, export_hf, init_run, load_tokenizer, text_positions
 
 logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
 
@@ -43,32 +46,7 @@ DEFAULT_CONFIG = str(CONFIG_DIR / "train_default.yaml")
 
 
 # -- data ---------------------------------------------------------------------------------------
-def make_loader(cfg: TrainConfig, folder: str, split: str, collate, rank: int, world: int, train: bool):
-    import webdataset as wds
-
-    by_samples = cfg.data.split_by == "samples" and world > 1
-    pipe = data.dataset(folder, split or None, resampled=train and cfg.data.resampled, seed=cfg.run.seed,
-                        shuffle=cfg.data.shuffle if train else 0, split_by_node=not by_samples)
-    handler = pipe.errors  # unusable samples are skipped and counted by reason (videomask.data.Validate)
-    if by_samples:
-        pipe.append(engine.split_samples(rank, world))
-    # text-only documents longer than the context become overlapping windows (never silently truncated)
-    windows = data.Windows(collate.tokenizer, cfg.data.max_text_len, cfg.data.window_stride)
-    pipe.append(windows)
-    if cfg.data.cache:  # decoded samples kept after the first pass; masks are still drawn per epoch in collate
-        pipe = wds.DataPipeline(data.Cached(pipe))
-    pipe.append(wds.batched(cfg.data.batch_size, collation_fn=collate, partial=not train))
-    pipe.append(data.with_report(handler))  # each batch says what its worker has skipped so far
-    # its own generator: making an iterator draws a base seed from it, and from the global RNG without one, which
-    # would shift dropout after a resume (the checkpoint restores the global RNG before the loop makes one)
-    loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.data.workers,
-                                         generator=torch.Generator().manual_seed(cfg.run.seed))
-    loader.windows = windows  # its counts (in this process; with workers, each worker counts its own)
-    loader.errors = handler
-    return loader
-
-
-def check_anchors(cfg: TrainConfig) -> str | None:
+def configured_anchors_hash(cfg: TrainConfig) -> str | None:
     if not cfg.data.anchors:
         return None
     if not Path(cfg.data.anchors).exists():
@@ -76,13 +54,13 @@ def check_anchors(cfg: TrainConfig) -> str | None:
     return anchors_mod.load(cfg.data.anchors)["hash"]
 
 
-def check_ngrams(cfg: TrainConfig):
+def load_ngrams(cfg: TrainConfig):
     """The PMI n-gram vocabulary of ``masking.strategy=pmi`` (None for other strategies)."""
-    if masking.pairing(cfg.masking.strategy)[0] != "pmi":
+    if "ngrams" not in masking.plan(cfg.masking).needs:
         return None
     if not cfg.data.ngrams:
-        raise ConfigError("masking.strategy=pmi needs data.ngrams: the n-gram vocabulary of "
-                          "`python -m videomask.scoring.pmi TRAIN_SHARDS --out ngrams.json`")
+        raise ConfigError(f"masking.strategy={cfg.masking.strategy} needs data.ngrams: "
+                          + strategies.HOW_TO_GET["ngrams"])
     if not Path(cfg.data.ngrams).exists():
         raise ConfigError(f"data.ngrams={cfg.data.ngrams}: no such file")
     from .scoring import pmi
@@ -107,20 +85,12 @@ def check_data(cfg: TrainConfig, collate) -> None:
         first = next(iter(data.dataset(urls, split_by_node=False, handler=data.ErrorCounter(verbose=False))), None)
         if first is not None:
             try:
-                collate._check(first)
+                collate.check(first)
             except masking.MaskingError as e:
                 raise ConfigError(f"{key}={folder} with masking.strategy={cfg.masking.strategy}: {e}") from None
 
 
-# -- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model_state, opt_state, sched, step: int, epoch: int, batch_in_epoch: int,
-                    cfg: TrainConfig):
-    engine.save_checkpoint(path, {"model": model_state, "optimizer": opt_state, "scheduler": sched.state_dict(),
-                                  "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                                  # dropout and the like; masks have their own per-sample generators
-                                  "rng": torch.get_rng_state()}, cfg)
-
-
+# -- optimisation -------------------------------------------------------------------------------
 def lr_lambda(cfg: TrainConfig):
     o = cfg.optim
 
@@ -142,26 +112,161 @@ def make_optimizer(model, cfg: TrainConfig):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
 
-def resume(raw_model, opt, sched, cfg: TrainConfig, out: Path, fsdp: bool, rank: int) -> tuple[int, int, int]:
-    """With ``run.resume=auto`` and a checkpoint in ``out``: its weights, optimizer, schedule and RNG state.
-    Returns (step, epoch, batches already trained in that epoch); zeros for a fresh run."""
-    if cfg.run.resume != "auto" or not (out / CKPT).exists():
-        return 0, 0, 0
-    state = engine.read_checkpoint(out / CKPT, cfg)
-    engine.load_full_state(raw_model, opt, state, fsdp)
-    sched.load_state_dict(state["scheduler"])
+
+
+@dataclass
+class Run:
+    """What stays fixed while a run trains."""
+
+    cfg: TrainConfig
+    out: Path
+    model: torch.nn.Module  # wrapped for DDP / FSDP when several processes train
+    raw_model: torch.nn.Module  # the module itself: what is saved and exported
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    rank: int
+    world: int
+    device: torch.device
+    fsdp: bool
+    log: engine.MetricsLog
+
+
+def resume(run: Run) -> LoopState:
+    """With ``run.resume=auto`` and a checkpoint in the run folder: its weights, optimizer, schedule and RNG
+    state, and where the loop was; a fresh ``LoopState`` otherwise."""
+    state = engine.resume_state(run.out, run.cfg, CKPT)
+    if state is None:
+        return LoopState()
+    engine.load_full_state(run.raw_model, run.opt, state, run.fsdp)
+    run.sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
-    if rank == 0:
-        logger.info(f"resumed from {out / CKPT} at step {state['step']}")
-    return state["step"], state["epoch"], state["batch_in_epoch"]
+    if run.rank == 0:
+        logger.info(f"resumed from {run.out / CKPT} at step {state['step']}")
+    return LoopState(step=state["step"], epoch=state["epoch"], batch_in_epoch=state["batch_in_epoch"],
+                     saved_step=state["step"])
+
+
+def checkpoint(run: Run, state: LoopState):
+    """Save weights, optimizer, schedule, RNG and the loop's place. Every process calls it (gathering FSDP
+    shards is a collective); weights that are not finite are refused, naming the last finite checkpoint."""
+    if not engine.weights_finite(run.raw_model, run.world, run.device):
+        last = f"{run.out / CKPT} (step {state.saved_step})" if state.saved_step is not None else "none was written"
+        raise FloatingPointError(f"the weights at step {state.step} are not finite (the run diverged: lower "
+                                 f"optim.lr?); they were not saved. The last finite checkpoint: {last}")
+    model_state, opt_state = engine.full_state(run.raw_model, run.opt, run.fsdp)
+    if run.rank == 0:
+        engine.save_checkpoint(run.out / CKPT, {
+            "model": model_state, "optimizer": opt_state, "scheduler": run.sched.state_dict(), "step": state.step,
+            "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+            "rng": torch.get_rng_state()}, run.cfg)  # dropout and the like; masks have their own generators
+    state.saved_step = state.step
+
+
+def epochs(run: Run, loader: Loader, collate: MaskingCollator, state: LoopState):
+    """Batches without end: epoch after epoch of the shards (new masks each epoch), resumable mid-epoch. Each
+    finished epoch's reading is logged and judged (``loader.skips.failed``)."""
+    while True:
+        collate.set_epoch(state.epoch)
+        n = 0
+        for b in loader:
+            n += 1
+            if n <= state.batch_in_epoch:
+                continue  # already trained on before the resume
+            state.batch_in_epoch = n
+            yield b
+        seen, counts = loader.skips.end_epoch()
+        run.log.write({"step": state.step, "epoch": state.epoch, "samples_read": seen,
+                       "samples_skipped": sum(counts.values()), **{f"skipped_{r}": k for r, k in counts.items()}},
+                      state.step)
+        if n == 0 and not loader.skips.failed:
+            raise ConfigError(f"no training batches in {run.cfg.data.train} (split {run.cfg.data.train_split!r}); "
+                              f"with {run.world} processes each needs at least one batch of {run.cfg.data.batch_size}")
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+
+def skip_check(run: Run, loader: Loader, state: LoopState):
+    """A broken dataset stops the run; a few bad samples are skipped and counted. Judged on the host; with
+    several processes only at log steps, where all of them are, so that they stop together."""
+    if run.world > 1 and state.step % run.cfg.run.log_every:
+        return
+    why = loader.skips.failed or loader.skips.too_many(*loader.skips.epoch())
+    if run.world > 1 and not all_ranks_true(not why, run.world, run.device):
+        why = why or (f"another process skipped more than data.max_skip_fraction={run.cfg.data.max_skip_fraction} "
+                      "of its samples (see its message)")
+    if why:
+        raise data.DataError(why)
+
+
+def optimizer_step(run: Run, batches, state: LoopState, autocast) -> dict:
+    """One optimizer step over ``optim.grad_accum`` micro-batches: forward, the finite-loss guard, backward,
+    clipping, step. Returns the step's mean metrics (and the gradient norm)."""
+    o, logs = run.cfg.optim, {}
+    for micro in range(o.grad_accum):
+        tw = time.perf_counter()
+        batch = to_device(next(batches), run.device)
+        state.data_wait += time.perf_counter() - tw
+        sync = micro == o.grad_accum - 1 or run.world == 1
+        if run.fsdp:
+            run.model.set_requires_gradient_sync(sync)
+        with (run.model.no_sync() if not sync and not run.fsdp else nullcontext()), autocast:
+            r = run.model(batch)
+        # every process takes the same branch, or the collectives below would wait forever
+        if not all_ranks_true(bool(torch.isfinite(r["loss"])), run.world, run.device):
+            nonfinite_loss(run, state, r)
+        (r["loss"] / o.grad_accum).backward()
+        for k, v in engine.metrics_values(r).items():
+            logs[k] = logs.get(k, 0.0) + v / o.grad_accum
+    if o.clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), o.clip)
+        logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    state.step, state.steps_here = state.step + 1, state.steps_here + 1
+    return logs
+
+
+def nonfinite_loss(run: Run, state: LoopState, r: dict):
+    """Stop on a non-finite loss, saving the weights first if they are still finite (this step has not been
+    applied: they are the last good ones)."""
+    if engine.weights_finite(run.raw_model, run.world, run.device):
+        checkpoint(run, state)
+    where = (f"{run.out / CKPT} (step {state.saved_step})" if state.saved_step is not None
+             else "no checkpoint (none was finite)")
+    raise FloatingPointError(f"non-finite loss {float(r['loss'])} at step {state.step} "
+                             f"({', '.join(f'{k}={float(v):.4g}' for k, v in r.items())}); "
+                             f"the last good state is in {where}")
+
+
+def log_step(run: Run, loader: Loader, state: LoopState, logs: dict, bar) -> dict:
+    """At log steps: the metrics averaged over processes, with the data's counts, rate and wait, to
+    ``metrics.jsonl`` and TensorBoard."""
+    cfg, step = run.cfg, state.step
+    if step % cfg.run.log_every and step != cfg.optim.max_steps:
+        return logs
+    if run.world > 1:  # the global mean
+        keys = sorted(logs)
+        t = torch.tensor([logs[k] for k in keys], device=run.device)
+        dist.all_reduce(t)
+        logs = dict(zip(keys, (t / run.world).tolist()))
+    if run.rank == 0:
+        elapsed = time.perf_counter() - state.t_log
+        seen, counts = loader.skips.epoch()
+        logs.update(samples_skipped=sum(counts.values()), short_texts=loader.totals()["short_texts"])
+        logs.update(step=step, epoch=state.epoch, lr=run.sched.get_last_lr()[0],
+                    samples_per_s=cfg.run.log_every * cfg.optim.grad_accum * cfg.data.batch_size * run.world / elapsed,
+                    data_wait=state.data_wait / elapsed)
+        run.log.write(logs, step)
+        bar.set_postfix(loss=f"{logs['loss']:.3f}")
+        state.data_wait, state.t_log = 0.0, time.perf_counter()
+    return logs
 
 
 @torch.no_grad()
-def validate(model, loader, device, autocast, max_batches: int) -> dict:
+def validate(model, loader: Loader, device, autocast, max_batches: int) -> dict:
     model.eval()
     sums, n = {}, 0
-    batches = (b for b in loader if "input_ids" in b)  # not the stream's closing report
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(loader):
         if i >= max_batches:
             break
         with autocast:
@@ -196,14 +301,14 @@ def train(cfg: TrainConfig) -> dict:
         raise ConfigError("data.train is empty: give scored shards (python -m videomask.scoring.score's output)")
     # everything that can be refused is checked before the run folder exists: a refused start leaves
     # nothing that blocks the corrected rerun
-    check_init(cfg.model)
+    init_run(cfg.model)
     if cfg.data.max_text_len > text_positions(cfg.model):
         raise ConfigError(f"data.max_text_len={cfg.data.max_text_len} is more than the model's "
                           f"{text_positions(cfg.model)} text positions: lower it (or model.max_positions for a "
                           "model built from scratch)")
     tokenizer = load_tokenizer(cfg.model)
-    collate = MaskingCollator(tokenizer, cfg.masking, cfg.data.max_text_len, None, anchors_hash=check_anchors(cfg),
-                              ngrams=check_ngrams(cfg), text_only=cfg.model.kind == "text")
+    collate = MaskingCollator(tokenizer, cfg.masking, cfg.data.max_text_len, None, anchors_hash=configured_anchors_hash(cfg),
+                              ngrams=load_ngrams(cfg), text_only=cfg.model.kind == "text")
     check_data(cfg, collate)
     # one training per run folder: a second one (a resume started twice, say) is refused, naming the holder
     lock = FolderLock(Path(cfg.run.out), "videomask train").acquire() if rank == 0 else None
@@ -231,151 +336,53 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
     model = engine.wrap(model, world, device, cfg.run.parallel, find_unused=cfg.model.kind == "video")
     raw_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     opt, sched = make_optimizer(model, cfg)  # after wrapping: FSDP replaces the parameters by sharded ones
-    step, epoch, skip = resume(raw_model, opt, sched, cfg, out, fsdp, rank)
-    o = cfg.optim
-    autocast = engine.autocast(cfg.run, device)
+    run = Run(cfg, out, model, raw_model, opt, sched, rank, world, device, fsdp, engine.MetricsLog(out, rank))
+    state = resume(run)
+    started, o, autocast = state.step, cfg.optim, engine.autocast(cfg.run, device)
+    logs = {}
 
-    stop, logs = {"signal": None}, {}
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    for sig in previous:  # finish the step, save, exit; the caller's handlers come back afterwards
-        signal.signal(sig, lambda s, f: stop.update(signal=s))
-    try:
-        log = engine.MetricsLog(out, rank)
-        bar = tqdm(total=o.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
-        started, batch_in_epoch, data_wait, t_log, steps_here = step, skip, 0.0, time.perf_counter(), 0
+    with engine.StopSignals() as stop:  # a signal: finish the step, save, return
+        bar = tqdm(total=o.max_steps, initial=state.step, disable=rank != 0, desc="train", unit="step")
+        batches = epochs(run, loader, collate, state)
         model.train()
-
-        saved = {"step": step if step else None}  # the step of the last checkpoint written, all finite
-
-        def checkpoint():  # every process calls it: gathering FSDP shards is a collective
-            if not all_ranks_true(all(bool(torch.isfinite(engine.local(p)).all()) for p in raw_model.parameters()),
-                                  world, device):
-                last = f"{out / CKPT} (step {saved['step']})" if saved["step"] is not None else "none was written"
-                raise FloatingPointError(f"the weights at step {step} are not finite (the run diverged: lower "
-                                         f"optim.lr?); they were not saved. The last finite checkpoint: {last}")
-            model_state, opt_state = engine.full_state(raw_model, opt, fsdp)
-            if rank == 0:
-                save_checkpoint(out / CKPT, model_state, opt_state, sched, step, epoch, batch_in_epoch, cfg)
-            saved["step"] = step
-
-        def batches():  # endless: epochs of the shards (a fresh mask draw per epoch), resumable mid-epoch
-            nonlocal epoch, batch_in_epoch
-            while True:
-                collate.set_epoch(epoch)
-                loader.errors.reset()  # counts per epoch (DataLoader workers start from this copy)
-                n = 0
-                for b in loader:
-                    skips.update(b.pop("data_report"))
-                    if "input_ids" not in b:
-                        continue  # a worker's closing report
-                    n += 1
-                    short_texts["n"] += int(b.pop("short_texts", 0))
-                    if n <= batch_in_epoch:
-                        continue  # already trained on before the resume
-                    batch_in_epoch = n
-                    yield b
-                seen, counts = skips.end_epoch()
-                log.write({"step": step, "epoch": epoch, "samples_read": seen, "samples_skipped": sum(counts.values()),
-                           **{f"skipped_{r}": k for r, k in counts.items()}}, step)
-                skips.failed = skips.too_many(seen, counts, finished=True)
-                if n == 0 and not skips.failed:
-                    raise ConfigError(f"no training batches in {cfg.data.train} (split {cfg.data.train_split!r}); "
-                                      f"with {world} processes each needs at least one batch of {cfg.data.batch_size}")
-                epoch, batch_in_epoch = epoch + 1, 0
-
-        skips = data.SkipReport(cfg.data.max_skip_fraction)
-        skips.failed, short_texts = None, {"n": 0}
-        it = batches()
-        while step < o.max_steps:
-            # a broken dataset stops the run; a few bad samples are skipped and counted. Judged on the host; with
-            # several processes only at log steps, where all of them are, so that they stop together
-            if world == 1 or step % cfg.run.log_every == 0:
-                why = skips.failed or skips.too_many(*skips.epoch())
-                if world > 1 and not all_ranks_true(not why, world, device):
-                    why = why or (f"another process skipped more than data.max_skip_fraction="
-                                  f"{cfg.data.max_skip_fraction} of its samples (see its message)")
-                if why:
-                    raise data.DataError(why)
-            logs = {}
-            for micro in range(o.grad_accum):
-                tw = time.perf_counter()
-                batch = to_device(next(it), device)
-                data_wait += time.perf_counter() - tw
-                sync = micro == o.grad_accum - 1 or world == 1
-                if fsdp:
-                    model.set_requires_gradient_sync(sync)
-                with (model.no_sync() if not sync and not fsdp else nullcontext()), autocast:
-                    r = model(batch)
-                # every process takes the same branch, or the collectives below would wait forever
-                if not all_ranks_true(bool(torch.isfinite(r["loss"])), world, device):
-                    finite = all_ranks_true(all(bool(torch.isfinite(engine.local(p)).all()) for p in raw_model.parameters()),
-                                            world, device)
-                    if finite:  # this step has not been applied: the weights are the last good ones
-                        checkpoint()
-                    where = (f"{out / CKPT} (step {saved['step']})" if saved["step"] is not None
-                             else "no checkpoint (none was finite)")
-                    raise FloatingPointError(f"non-finite loss {float(r['loss'])} at step {step} "
-                                             f"({', '.join(f'{k}={float(v):.4g}' for k, v in r.items())}); "
-                                             f"the last good state is in {where}")
-                (r["loss"] / o.grad_accum).backward()
-                # one device-to-host copy for all metrics (one sync per micro-step, not one per metric)
-                values = torch.stack([v.detach().float().reshape(()) for v in r.values()]).tolist()
-                for k, v in zip(r, values):
-                    logs[k] = logs.get(k, 0.0) + v / o.grad_accum
-            if o.clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip)
-                logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step, steps_here = step + 1, steps_here + 1
+        while state.step < o.max_steps:
+            skip_check(run, loader, state)
+            logs = log_step(run, loader, state, optimizer_step(run, batches, state, autocast), bar)
             bar.update(1)
-            if world > 1 and (step % cfg.run.log_every == 0 or step == o.max_steps):  # log the global mean
-                keys = sorted(logs)
-                t = torch.tensor([logs[k] for k in keys], device=device)
-                dist.all_reduce(t)
-                logs = dict(zip(keys, (t / world).tolist()))
-            if rank == 0 and (step % cfg.run.log_every == 0 or step == o.max_steps):
-                elapsed = time.perf_counter() - t_log
-                seen, counts = skips.epoch()
-                logs.update(samples_skipped=sum(counts.values()), short_texts=short_texts["n"])
-                logs.update(step=step, epoch=epoch, lr=sched.get_last_lr()[0],
-                            samples_per_s=cfg.run.log_every * o.grad_accum * cfg.data.batch_size * world / elapsed,
-                            data_wait=data_wait / elapsed)
-                log.write(logs, step)
-                bar.set_postfix(loss=f"{logs['loss']:.3f}")
-                data_wait, t_log = 0.0, time.perf_counter()
-            if val_loader is not None and (
-                    (cfg.run.val_every and step % cfg.run.val_every == 0) or step == o.max_steps):
-                v = validate(model, val_loader, device, autocast, cfg.run.val_batches)
-                log.write({"step": step, **v}, step)
-            if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == o.max_steps:
-                checkpoint()
-            if stop["signal"] or (cfg.run.stop_after and steps_here >= cfg.run.stop_after):
-                checkpoint()
+            if val_loader is not None and ((cfg.run.val_every and state.step % cfg.run.val_every == 0)
+                                           or state.step == o.max_steps):
+                run.log.write({"step": state.step, **validate(model, val_loader, device, autocast,
+                                                              cfg.run.val_batches)}, state.step)
+            if (cfg.run.save_every and state.step % cfg.run.save_every == 0) or state.step == o.max_steps:
+                checkpoint(run, state)
+            if stop.signal or (cfg.run.stop_after and state.steps_here >= cfg.run.stop_after):
+                checkpoint(run, state)
                 if rank == 0:
-                    why = f"signal {stop['signal']}" if stop["signal"] else f"run.stop_after={cfg.run.stop_after}"
-                    logger.info(f"stopped at step {step} ({why}); resume with run.resume=auto")
+                    why = f"signal {stop.signal}" if stop.signal else f"run.stop_after={cfg.run.stop_after}"
+                    logger.info(f"stopped at step {state.step} ({why}); resume with run.resume=auto")
                 break
         bar.close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    log.close()
-    if step >= o.max_steps:
+    run.log.close()
+    finished = state.step >= o.max_steps
+    if finished:
         export(raw_model, opt, cfg, out, rank, fsdp, tokenizer)
     engine.teardown(world)
     if rank == 0:
-        logger.info(skips.line() + (f"; {short_texts['n']} transcripts were too short to mask any token (trained "
-                                    "unmasked)" if short_texts["n"] else ""))
-        c = loader.windows.counts
-        if c["windowed"]:
-            logger.info(f"{c['windowed']} of {c['documents']} documents read were longer than data.max_text_len="
-                        f"{cfg.data.max_text_len} tokens: split into {c['windows']} overlapping windows")
-        logger.info(f"trained {step - started} steps in this run; {out}")
-    return {"out": str(out), "step": step, "finished": step >= o.max_steps,
-            "model": str(out / "model.safetensors") if step >= o.max_steps else None,
+        report(cfg, loader, out, state.step - started)
+    return {"out": str(out), "step": state.step, "finished": finished,
+            "model": str(out / "model.safetensors") if finished else None,
             "last": {k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+
+
+def report(cfg: TrainConfig, loader: Loader, out: Path, steps: int):
+    """The run's closing lines: what the data held back (skips, short transcripts, windows)."""
+    c = loader.totals()
+    logger.info(loader.skips.line() + (f"; {c['short_texts']} transcripts were too short to mask any token "
+                                       "(trained unmasked)" if c["short_texts"] else ""))
+    if c["windowed"]:
+        logger.info(f"{c['windowed']} of {c['documents']} documents read were longer than data.max_text_len="
+                    f"{cfg.data.max_text_len} tokens: split into {c['windows']} overlapping windows")
+    logger.info(f"trained {steps} steps in this run; {out}")
 
 
 def export(model, opt, cfg: TrainConfig, out: Path, rank: int, fsdp: bool, tokenizer):

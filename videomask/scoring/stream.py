@@ -2,7 +2,7 @@
 
 ``ShardChunks`` is an ``IterableDataset`` over one job's shards. Each worker takes whole shards (shard ``i`` goes to
 worker ``i % workers``) and streams each one in *chunks*: consecutive samples, checked by
-``videomask.data.check_sample`` and with their JPEG frames decoded into one uint8 tensor, until the chunk holds at
+``videomask.data.sample_geometry`` and with their JPEG frames decoded into one uint8 tensor, until the chunk holds at
 least ``frames_per_chunk`` frames. A shard is never held whole in memory, and the model (in the main process) never
 waits on JPEG decoding when ``workers >= 1``.
 
@@ -24,9 +24,9 @@ import torch
 from ..data import (
     ErrorCounter,
     SampleError,
-    check_sample,
     frame_names,
     safe_decode,
+    sample_geometry,
     tar_samples,
 )
 from ..jpeg import decode_frames
@@ -111,7 +111,7 @@ class ShardChunks(torch.utils.data.IterableDataset):
             key = raw["__key__"]
             try:
                 s = safe_decode(raw)
-                size, grid = check_sample(s, size, grid)
+                size, grid = sample_geometry(s, size, grid)
                 meta = s["json"]
                 if "scores" in meta and not self.rescore:
                     raise FatalInput(f"{path}: sample {key} is already scored (anchors "

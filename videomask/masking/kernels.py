@@ -1,68 +1,69 @@
-"""Masking strategies: pure functions from scores to exact-budget masks.
+"""Masking kernels: pure functions from scores to exact-budget masks.
 
-Every strategy has the signature::
+Every kernel has the signature::
 
-    strategy(scores, valid, ratio, generator, **params) -> BoolTensor   # True = masked
+    kernel(values, valid, ratio, generator, **params) -> BoolTensor   # True = masked
 
-- ``scores``: float ``[B, N]`` (higher = more different from the pretraining domain), or None
-  for strategies that don't read scores;
+- ``values``: float ``[B, N]`` that rank the units (difference scores or ground truth: higher = more
+  different from the pretraining domain), or None for kernels that read none;
 - ``valid``: bool ``[B, N]``, the units that may be masked (never special tokens or padding);
-- ``ratio``: in (0, 1); the budget of row b is ``round(ratio * valid[b].sum())``, exact
+- ``ratio``: in (0, 1); the budget of row b is ``budget_sizes(valid[b].sum(), ratio)``, exact
   (whole-word and PMI units mask at most the budget: see ``whole_units``);
 - ``generator``: a ``torch.Generator``, or one per row: a row's mask then depends on its own
-  generator only, so it is the same whatever batch the sample lands in.
+  generator only, so it is the same whatever batch the sample lands in;
+- ``params``: keyword-only, each kernel's own (``alpha``, ``mode``, ``word_ids`` ...); they have no
+  defaults here: a strategy's defaults are declared once, in its record (``videomask.masking.strategies``).
 
-Video strategies (``tube``, ``block``) take ``[B, T, H, W]`` tensors instead of ``[B, N]``.
+Grid kernels (``tube``, ``block``) take ``[B, T, H, W]`` tensors instead of ``[B, N]``.
 
-Registered (``STRATEGIES``): ``random``, ``difference`` (docs/method.md §4: ``mode="topk"``
-for patches, the top ``floor(alpha * budget)`` by score then a uniform fill; ``mode="rank"``
-for text, sampling without replacement with probability ``alpha * p_rank + (1 - alpha) *
-uniform`` where a word of ordinal rank r among the row's N words gets weight ``N - r``),
-``inverse_difference`` (the same on negated scores: the least different first), ``oracle``
-(the top-k of ground-truth scores: the upper control on data that has them), ``whole_word``,
-``span`` (SpanBERT), ``pmi`` (Levine et al. 2021), ``tube`` and ``block`` (VideoMAE).
-
-``PAIRINGS`` names what a configured strategy does to text and to patches (the authors' video
-code drove the patches only by score: ``difference_patches``); the collator, the configs, the
-harness and the inspector read it from here.
+Registered (``KERNELS``): ``random``, ``difference`` (docs/method.md §4: ``mode="topk"``, the top
+``floor(alpha * budget)`` by score then a uniform fill; ``mode="rank"``, sampling without
+replacement with probability ``alpha * p_rank + (1 - alpha) * uniform`` where a word of ordinal
+rank r among the row's N words gets weight ``N - r``), ``inverse_difference`` (the same on negated
+scores: the least different first), ``whole_word``, ``span`` (SpanBERT), ``pmi`` (Levine et al.
+2021), ``tube`` and ``block`` (VideoMAE). What a configured strategy runs on text and on patches is
+its record in ``videomask.masking.strategies``.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .errors import VideomaskError
-
-STRATEGIES: dict[str, Callable] = {}
-NEEDS_SCORES: set[str] = set()  # read the stored difference scores
-NEEDS_TRUTH: set[str] = set()  # read ground-truth scores (the synthetic world's planted units)
-VIDEO_ONLY: set[str] = set()
+from ..errors import VideomaskError
 
 
 class MaskingError(VideomaskError, ValueError):
     pass
 
 
-def register(name: str, needs_scores: bool = False, video_only: bool = False, needs_truth: bool = False):
+@dataclass(frozen=True)
+class Kernel:
+    fn: Callable
+    grid: bool  # takes [B, T, H, W] (a clip's patches in place) instead of rows of units
+    reads_values: bool  # ranks units by the values it is given (scores or ground truth)
+    params: tuple  # its keyword-only parameters, from the function's signature
+
+
+KERNELS: dict[str, Kernel] = {}
+
+
+def kernel(name: str, grid: bool = False, reads_values: bool = False):
+    """Register ``fn`` as the kernel ``name``."""
     def deco(fn):
-        STRATEGIES[name] = fn
-        if needs_scores:
-            NEEDS_SCORES.add(name)
-        if needs_truth:
-            NEEDS_TRUTH.add(name)
-        if video_only:
-            VIDEO_ONLY.add(name)
+        params = tuple(n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY)
+        KERNELS[name] = Kernel(fn, grid, reads_values, params)
         return fn
     return deco
 
 
-def get(name: str) -> Callable:
-    if name not in STRATEGIES:
-        raise MaskingError(f"unknown masking strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name]
+def get(name: str) -> Kernel:
+    if name not in KERNELS:
+        raise MaskingError(f"unknown masking kernel {name!r}; known: {', '.join(sorted(KERNELS))}")
+    return KERNELS[name]
 
 
 def check_ratio(ratio: float, alpha: float | None = None):
@@ -72,11 +73,16 @@ def check_ratio(ratio: float, alpha: float | None = None):
         raise MaskingError(f"alpha must be in [0, 1], got {alpha}")
 
 
+def budget_sizes(counts, ratio: float) -> torch.Tensor:
+    """The one budget rule: ``round(ratio * n)`` units for a row of n (Python's round: half to even)."""
+    return torch.tensor([round(ratio * int(k)) for k in counts], dtype=torch.long)
+
+
 def budgets(valid: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``round(ratio * n)`` per row (Python's round: half to even). A row with units but a budget
-    of zero is an error: it would silently contribute nothing to the loss."""
+    """``budget_sizes`` of each row's valid units. A row with units but a budget of zero is an error: it
+    would silently contribute nothing to the loss."""
     n = valid.flatten(1).sum(1)
-    b = torch.tensor([round(ratio * int(k)) for k in n], dtype=torch.long)
+    b = budget_sizes(n, ratio)
     short = ((n > 0) & (b == 0)).nonzero().flatten()
     if len(short):
         i = int(short[0])
@@ -102,19 +108,15 @@ def _take_top(keys: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> 
     return mask.scatter_(1, idx, torch.arange(k)[None] < budget[:, None])
 
 
-def _check_scores(scores, valid, name):
-    if scores is None and name in NEEDS_TRUTH:
-        raise MaskingError(f"strategy {name!r} needs ground truth (which units are truly domain-specific), and "
-                           "this data has none: only the synthetic world provides it (videomask.demo.truth)")
-    if scores is None:
-        raise MaskingError(f"strategy {name!r} needs scores; run `python -m videomask.scoring.score` on the shards "
-                           "(or pick a strategy that needs none: random, whole_word, span, tube, block, pmi)")
-    if (torch.isnan(scores) & valid).any():
-        raise MaskingError(f"strategy {name!r}: scores contain NaN at maskable positions")
+def _check_values(values, valid, name):
+    if values is None:
+        raise MaskingError(f"kernel {name!r} ranks units by scores or ground truth, and got none")
+    if (torch.isnan(values) & valid).any():
+        raise MaskingError(f"kernel {name!r}: its scores contain NaN at maskable positions")
 
 
-@register("random")
-def random_mask(scores, valid, ratio, generator, **_):
+@kernel("random")
+def random_mask(values, valid, ratio, generator):
     """Uniform: ``budget`` valid units drawn without replacement."""
     check_ratio(ratio)
     return _take_top(uniform(valid.shape, generator), valid, budgets(valid, ratio))
@@ -147,9 +149,8 @@ def _ordinal_weights(scores: torch.Tensor, ranked: torch.Tensor, unit_ids: torch
     return torch.where(ids >= 0, torch.gather(weight, 1, slot), torch.zeros(B, L))
 
 
-@register("difference", needs_scores=True)
-def difference(scores, valid, ratio, generator, alpha: float = 1.0, mode: str = "topk", word_ids=None,
-               ranked=None, **_):
+@kernel("difference", reads_values=True)
+def difference(scores, valid, ratio, generator, *, alpha: float, mode: str, word_ids=None, ranked=None):
     """Difference-masking (docs/method.md §4).
 
     ``mode="topk"`` (patches): the top ``floor(alpha * budget)`` ranked units by score, then the rest
@@ -163,7 +164,7 @@ def difference(scores, valid, ratio, generator, alpha: float = 1.0, mode: str = 
     weighted units cannot fill the budget, the rest is drawn uniformly: the budget stays exact.
     """
     check_ratio(ratio, alpha)
-    _check_scores(scores, valid, "difference")
+    _check_values(scores, valid, "difference")
     flat_valid, flat_scores = valid.flatten(1), scores.flatten(1).float()
     budget = budgets(flat_valid, ratio)
     u = uniform(flat_valid.shape, generator)
@@ -189,20 +190,11 @@ def difference(scores, valid, ratio, generator, alpha: float = 1.0, mode: str = 
     raise MaskingError(f"difference: mode must be 'topk' or 'rank', got {mode!r}")
 
 
-@register("inverse_difference", needs_scores=True)
-def inverse_difference(scores, valid, ratio, generator, **params):
+@kernel("inverse_difference", reads_values=True)
+def inverse_difference(scores, valid, ratio, generator, *, alpha: float, mode: str, word_ids=None, ranked=None):
     """The paper's control: difference-masking of the *least* different units (words only, in rank mode)."""
-    _check_scores(scores, valid, "inverse_difference")
-    return difference(-scores, valid, ratio, generator, **params)
-
-
-@register("oracle", needs_truth=True)
-def oracle(truth, valid, ratio, generator, word_ids=None, **_):
-    """The upper control: the units that ground truth marks as domain-specific first (``truth``: higher =
-    more truly specific, e.g. the share of a patch covered by a target object, 1 for a planted word),
-    ties in random order, then a uniform fill: the same exact budget as every other strategy."""
-    check_ratio(ratio)
-    return difference(truth, valid, ratio, generator, alpha=1.0, mode="topk", word_ids=word_ids)
+    _check_values(scores, valid, "inverse_difference")
+    return difference(-scores, valid, ratio, generator, alpha=alpha, mode=mode, word_ids=word_ids, ranked=ranked)
 
 
 def whole_units(unit_ids: torch.Tensor, valid: torch.Tensor, ratio: float, unit_keys: torch.Tensor,
@@ -233,8 +225,8 @@ def whole_units(unit_ids: torch.Tensor, valid: torch.Tensor, ratio: float, unit_
     return mask
 
 
-@register("whole_word")
-def whole_word(scores, valid, ratio, generator, word_ids=None, **_):
+@kernel("whole_word")
+def whole_word(values, valid, ratio, generator, *, word_ids):
     """Random words, all sub-tokens of a chosen word together (``word_ids``: long [B, N], -1 = no word)."""
     check_ratio(ratio)
     if word_ids is None:
@@ -242,8 +234,8 @@ def whole_word(scores, valid, ratio, generator, word_ids=None, **_):
     return whole_units(word_ids, valid, ratio, uniform(valid.shape, generator))
 
 
-@register("span")
-def span(scores, valid, ratio, generator, p: float = 0.2, max_span: int = 10, **_):
+@kernel("span")
+def span(values, valid, ratio, generator, *, p: float, max_span: int):
     """SpanBERT: spans of Geometric(p) length (clipped to ``max_span``) at uniform starts over the
     valid units, until the budget is reached exactly (the last span is cut to fit)."""
     check_ratio(ratio)
@@ -266,8 +258,8 @@ def span(scores, valid, ratio, generator, p: float = 0.2, max_span: int = 10, **
     return mask
 
 
-@register("pmi")
-def pmi(scores, valid, ratio, generator, word_ids=None, words=None, ngrams=None, **_):
+@kernel("pmi")
+def pmi(values, valid, ratio, generator, *, word_ids, words, ngrams):
     """PMI-masking: occurrences of high-PMI n-grams (``ngrams``: set of word tuples, lowercased;
     see ``videomask.scoring.pmi``) are masked as one unit, other words as whole words; random unit order.
     ``words``: per row, the list of words that ``word_ids`` index."""
@@ -295,8 +287,8 @@ def pmi(scores, valid, ratio, generator, word_ids=None, words=None, ngrams=None,
     return mask | whole_units(word_ids, valid & ~mask, ratio, keys, budget=rest)
 
 
-@register("tube", video_only=True)
-def tube(scores, valid, ratio, generator, **_):
+@kernel("tube", grid=True)
+def tube(values, valid, ratio, generator):
     """VideoMAE tube masking: one random spatial pattern, the same in every frame.
     ``valid``: [B, T, H, W]; the budget is ``round(ratio * H * W)`` per frame."""
     check_ratio(ratio)
@@ -305,8 +297,8 @@ def tube(scores, valid, ratio, generator, **_):
     return pattern[:, None].expand_as(valid) & valid
 
 
-@register("block", video_only=True)
-def block(scores, valid, ratio, generator, min_area: float = 0.1, max_aspect: float = 3.0, **_):
+@kernel("block", grid=True)
+def block(values, valid, ratio, generator, *, min_area: float, max_aspect: float):
     """Block masking over (time, height, width): random cuboids (random aspect ratio, spatial area
     from ``min_area`` of the grid up to the budget) until the exact budget; the last block is cut to
     fit at random. ``valid``: [B, T, H, W]."""
@@ -338,76 +330,32 @@ def block(scores, valid, ratio, generator, min_area: float = 0.1, max_aspect: fl
     return mask
 
 
-def select(name: str, scores, valid, ratio, generator, **params) -> torch.Tensor:
-    """Run the registered strategy ``name``; see the module docstring."""
-    fn = get(name)
-    if name in NEEDS_SCORES or name in NEEDS_TRUTH:
-        _check_scores(scores, valid, name)
-    if name in VIDEO_ONLY:
+def select(name: str, values, valid, ratio, generator, **params) -> torch.Tensor:
+    """Run the kernel ``name`` with exactly its own ``params`` (see the module docstring): a parameter it
+    does not take, or one it needs and was not given, is an error naming both."""
+    k = get(name)
+    unknown, missing = sorted(set(params) - set(k.params)), [p for p in k.params if p not in params and
+                                                               p not in OPTIONAL]
+    if unknown or missing:
+        raise MaskingError(f"kernel {name!r} takes {', '.join(k.params) or 'no parameters'}"
+                           + (f"; got unknown {', '.join(unknown)}" if unknown else "")
+                           + (f"; missing {', '.join(missing)}" if missing else ""))
+    if k.reads_values:
+        _check_values(values, valid, name)
+    if k.grid:
         if valid.dim() != 4:
-            raise MaskingError(f"strategy {name!r} masks video patches: valid must be [B, T, H, W]")
-        return fn(scores, valid, ratio, generator, **params)
+            raise MaskingError(f"kernel {name!r} masks video patches: valid must be [B, T, H, W]")
+        return k.fn(values, valid, ratio, generator, **params)
     if valid.dim() > 2:  # patches of [B, T, H, W] as one row of units per sample
-        flat = fn(None if scores is None else scores.flatten(1), valid.flatten(1), ratio, generator, **params)
+        flat = k.fn(None if values is None else values.flatten(1), valid.flatten(1), ratio, generator, **params)
         return flat.view_as(valid)
-    return fn(scores, valid, ratio, generator, **params)
+    return k.fn(values, valid, ratio, generator, **params)
 
 
-# -- what a configured strategy does to each modality ------------------------------------------------
-PAIRINGS: dict[str, tuple[str, str]] = {
-    "random": ("random", "random"),
-    "difference": ("difference", "difference"),  # text and patches by score
-    "difference_text": ("difference", "random"),  # the authors' text experiments
-    "difference_patches": ("random", "difference"),  # the authors' video code: patches by score, text random
-    "inverse_difference": ("inverse_difference", "inverse_difference"),
-    "inverse_difference_text": ("inverse_difference", "random"),
-    "inverse_difference_patches": ("random", "inverse_difference"),
-    "oracle": ("oracle", "oracle"),
-    "oracle_text": ("oracle", "random"),
-    "oracle_patches": ("random", "oracle"),
-    "whole_word": ("whole_word", "random"),
-    "span": ("span", "random"),
-    "pmi": ("pmi", "random"),
-    "tube": ("random", "tube"),
-    "block": ("random", "block"),
-}
+#: context a kernel may go without (None: every position its own word, every word ranked)
+OPTIONAL = ("word_ids", "ranked")
 
 
-def pairing(name: str) -> tuple[str, str]:
-    """(text strategy, patch strategy) of a configured strategy name."""
-    if name not in PAIRINGS:
-        raise MaskingError(f"unknown masking strategy {name!r}; known: {', '.join(PAIRINGS)}")
-    return PAIRINGS[name]
-
-
-def needs(name: str) -> set[str]:
-    """What a configured strategy reads from the shards: a subset of {"scores", "truth"}."""
-    sides = pairing(name)
-    return ({"scores"} if any(s in NEEDS_SCORES for s in sides) else set()) | (
-        {"truth"} if any(s in NEEDS_TRUTH for s in sides) else set())
-
-
-@dataclass
-class MaskingConfig:
-    """The ``masking`` section of a training config: which strategy, what budgets, the 80/10/10 rule."""
-
-    strategy: str = "difference"  # a key of masking.PAIRINGS
-    text_ratio: float = 0.15  # share of a sample's text tokens masked (exact budget)
-    patch_ratio: float = 0.25  # share of a clip's patches masked (exact budget)
-    alpha: float = 1.0  # difference-masking's share of the budget (1: pure, 0: random)
-    text_mode: str = "rank"  # difference on text: the authors' rank-weighted sampling
-    patch_mode: str = "topk"  # difference on patches: the authors' top-k + uniform fill
-    whole_word: bool = False  # choose words (all their sub-tokens), budget counted in words
-    mask_prob: float = 0.8  # of the chosen tokens: replaced by the mask token ...
-    random_prob: float = 0.1  # ... by a random token; the rest stay unchanged
-    seed: int = 0  # masks are drawn from (seed, epoch, sample key)
-
-    def __post_init__(self):
-        pairing(self.strategy)  # an unknown name is an error naming the known ones
-        check_ratio(self.text_ratio, self.alpha)
-        check_ratio(self.patch_ratio)
-        if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1:
-            raise MaskingError(f"mask_prob + random_prob must be in [0, 1], got {self.mask_prob} + "
-                                       f"{self.random_prob}")
-        if self.text_mode not in ("rank", "topk") or self.patch_mode not in ("rank", "topk"):
-            raise MaskingError("text_mode and patch_mode must be 'rank' or 'topk'")
+def context_for(name: str, **context) -> dict:
+    """The entries of ``context`` (word_ids, words, ngrams: what the collator knows) that kernel ``name`` takes."""
+    return {k: v for k, v in context.items() if k in get(name).params}
