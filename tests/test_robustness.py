@@ -230,7 +230,7 @@ def test_training_skips_counts_and_reports(tampered, tiny_anchors, tmp_path):
     # at the default threshold (1%) the same data stops the run, naming the commonest reasons
     r = subprocess.run([sys.executable, "-m", "videomask", "train", *args[:2], f"run.out={tmp_path / 'strict'}",
                         *args[3:]], capture_output=True, text=True, env=ENV)
-    assert r.returncode == 2 and "data.max_skip_fraction=0.01" in r.stderr and "Commonest reasons" in r.stderr
+    assert r.returncode == 2 and "data.max_skip_fraction=0.01" in r.stderr and "commonest reasons" in r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -63,7 +63,14 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import DataError, MissingError, VideomaskError
-from .prep.transcripts import WORD_RE, TranscriptError, read_text, read_transcript
+from .files import loads_json
+from .prep.transcripts import (
+    MAX_CORPUS_BYTES,
+    WORD_RE,
+    TranscriptError,
+    read_text,
+    read_transcript,
+)
 
 WORDFREQ_CORPUS_SIZE = 1e9
 TEXT_EXTS = (".txt", ".jsonl", ".srt", ".vtt")
@@ -107,14 +114,14 @@ def read_texts(path, split: str | None = None) -> list[str]:
         if ext in (".srt", ".vtt"):
             docs += [c.text for c in read_transcript(f)[0]]
         elif ext == ".jsonl":
-            for n, line in enumerate(read_text(f).splitlines(), 1):
+            for n, line in enumerate(read_text(f, limit=MAX_CORPUS_BYTES).splitlines(), 1):
                 if line.strip():
                     try:
-                        docs.append(json.loads(line)["text"])
+                        docs.append(loads_json(line)["text"])
                     except (json.JSONDecodeError, KeyError, TypeError):
                         raise TranscriptError(f"{f}:{n}: expected a JSON object with a 'text' field") from None
         else:
-            docs += read_text(f).splitlines()
+            docs += read_text(f, limit=MAX_CORPUS_BYTES).splitlines()
     return docs
 
 

@@ -32,6 +32,7 @@ import json
 import math
 import re
 import tarfile
+import unicodedata
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -52,9 +53,9 @@ MAX_FRAME_SIDE = 4096  # a frame side above this is refused from its header when
 class SampleError(DataError):
     """One sample (or shard) that cannot be used; ``reason`` is the short name it is counted under."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, count: int = 1):
         super().__init__(message)
-        self.reason = reason
+        self.reason, self.count = reason, count  # count: the samples it stands for (a shard that broke off: those lost)
 
 
 class UnsafeMemberError(SampleError):
@@ -77,7 +78,7 @@ class ErrorCounter:
         if self.strict:
             raise exn
         reason = getattr(exn, "reason", type(exn).__name__)
-        self.counts[reason] += 1
+        self.counts[reason] += getattr(exn, "count", 1)
         self.examples.setdefault(reason, str(exn)[:300])
         if self.verbose and sum(self.counts.values()) <= self.max_messages:
             print(f"videomask.data: skipped ({reason}: {str(exn)[:300]})")
@@ -106,12 +107,8 @@ def shard_urls(path, split: str | None = None) -> list[str]:
         if p.is_dir():
             mf = p / "manifest.json"
             if mf.exists():
-                try:
-                    manifest = json.loads(mf.read_text())
-                    listed = [s["name"] for s in manifest["shards"] if split is None or s["split"] == split]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise DataError(f"{mf}: not a videomask manifest ({type(e).__name__}: {e})") from None
-                urls = [str(inside(p, name, mf)) for name in listed]
+                listed = [s["name"] for s in read_manifest(p)["shards"] if split is None or s["split"] == split]
+                urls = [str(p / name) for name in listed]
             else:
                 urls = sorted(str(x) for x in p.glob(f"{split}-*.tar" if split else "*.tar"))
         else:
@@ -121,11 +118,35 @@ def shard_urls(path, split: str | None = None) -> list[str]:
     return urls
 
 
+def read_manifest(folder) -> dict:
+    """A shard folder's ``manifest.json``, checked: every shard listed once, by a name relative to the folder that
+    stays inside it, with its split and sample count. A manifest is trusted no further than that."""
+    mf = Path(folder) / "manifest.json"
+    try:
+        manifest = json.loads(mf.read_text())
+        shards = manifest["shards"]
+        for s in shards:
+            inside(folder, s["name"], mf)
+            if not isinstance(s.get("samples", 0), int) or s.get("samples", 0) < 0:
+                raise DataError(f"{mf}: shard {s['name']!r} has a sample count of {s.get('samples')!r}")
+            s["split"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{mf}: not a videomask manifest ({type(e).__name__}: {e})") from None
+    names = [s["name"] for s in shards]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"{mf}: shards listed more than once: {', '.join(twice[:5])}; refused (their samples would "
+                        "be read twice)")
+    return manifest
+
+
 def inside(folder: Path, name, listed_in) -> Path:
     """``folder / name``, refused unless it stays inside ``folder`` (a manifest from elsewhere may list
-    ``../x.tar`` or an absolute path; symbolic links are resolved before the check)."""
+    ``../x.tar`` or an absolute path, even one that points inside; symbolic links are resolved before the check)."""
     if not isinstance(name, str) or not name:
         raise DataError(f"{listed_in}: shard name {name!r} is not a file name")
+    if Path(name).is_absolute():
+        raise DataError(f"{listed_in}: shard {name!r} is an absolute path; names are relative to {folder}")
     root = Path(folder).resolve()
     path = (root / name).resolve()
     if path.parent != root and root not in path.parents:
@@ -143,6 +164,14 @@ def stated_frame_size(path) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
+def expected_samples(path, urls: list[str]) -> dict:
+    """url -> the sample count its manifest states (a shard folder's manifest; {} otherwise)."""
+    if isinstance(path, (list, tuple)) or not (Path(path) / "manifest.json").is_file():
+        return {}
+    listed = {str(Path(path) / s["name"]): s.get("samples", 0) for s in read_manifest(path)["shards"]}
+    return {u: listed[u] for u in urls if u in listed}
+
+
 def split_key(name: str) -> tuple[str, str]:
     """A member name -> (sample key, member suffix), webdataset's convention: the key ends at the first dot
     of the file name (``dir/abc.f000.jpg`` -> ``dir/abc``, ``f000.jpg``)."""
@@ -151,25 +180,30 @@ def split_key(name: str) -> tuple[str, str]:
     return (f"{head}/{key}" if head else key), suffix
 
 
-def tar_samples(sources, handler=None):
+def tar_samples(sources, handler=None, expected: dict | None = None):
     """A stage: shards (dicts with ``url``, as ``SimpleShardList`` yields them) -> raw samples, members grouped by
     key as webdataset groups them. Unlike webdataset's reader, nothing is dropped unseen: a member that is not a
-    regular file (link, device, folder) is listed in the sample's ``__problems__`` (``Validate`` refuses it); a
-    shard that is not a tar or breaks off is reported to ``handler`` (the samples before the break are kept)."""
+    regular file (link, device, folder, one over the size limit) is listed in the sample's ``__problems__``
+    (``Validate`` refuses it); a shard that is not a tar or breaks off is reported to ``handler`` (the samples
+    before the break are kept) as as many samples as its manifest entry says were lost (``expected``: url ->
+    samples; 1 without one)."""
     handler = handler or ErrorCounter(strict=True)
+    expected = expected or {}
     for source in sources:
         url = source["url"] if isinstance(source, dict) else str(source)
-        current = None
+        current, read = None, 0
         try:
             for name, problem, data in tarstream.members(url):
                 key, suffix = split_key(name)
                 if current is None or key != current["__key__"]:
                     if current is not None:
                         handler.seen += 1
+                        read += 1
                         yield current
                     current = {"__key__": key, "__url__": url}
                 if problem is not None:
-                    current.setdefault("__problems__", []).append(f"member {name!r} is not a regular file ({problem})")
+                    what = problem if problem.startswith("a member of") else f"not a regular file ({problem})"
+                    current.setdefault("__problems__", []).append(f"member {name!r} is {what}")
                 elif suffix in current:
                     current.setdefault("__problems__", []).append(f"member {name!r} appears twice")
                 else:
@@ -178,10 +212,12 @@ def tar_samples(sources, handler=None):
                 handler.seen += 1
                 yield current
         except (tarfile.TarError, OSError, EOFError) as e:
-            handler.seen += 1
+            # the sample being read when the shard broke off is lost too
+            lost = max(1, expected.get(url, 0) - read)
+            handler.seen += lost
             what = "is not a readable tar" if current is None else f"breaks off after sample {current['__key__']}"
             if not handler(SampleError("unreadable_shard", f"{url} {what} ({type(e).__name__}: {e}); the samples "
-                                                           "read before it are kept")):
+                                                           f"read before it are kept, {lost} lost", lost)):
                 return
 
 
@@ -212,17 +248,40 @@ def safe_decode(sample: dict) -> dict:
             elif ext == "txt":
                 out[name] = value.decode("utf-8")
             elif ext == "npy":
-                out[name] = np.load(io.BytesIO(value), allow_pickle=False)
+                out[name] = load_npy(value)
             else:
                 out[name] = value  # JPEG bytes: checked by Validate, decoded together in to_sample
+        except RecursionError:
+            raise SampleError("undecodable_member", f"{sample.get('__url__')}: sample {sample.get('__key__')} member "
+                              f"{name!r} is nested too deep to read") from None
         except (ValueError, UnicodeDecodeError, EOFError, OSError) as e:  # a pickled (object) array is a ValueError
             raise SampleError("undecodable_member", f"{sample.get('__url__')}: sample {sample.get('__key__')} member "
                               f"{name!r} cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
     return out
 
 
+def load_npy(value: bytes) -> np.ndarray:
+    """A ``.npy`` member, without pickles, and only if its header's shape and dtype match the bytes there (a header
+    that claims 10^12 elements is refused before anything is allocated)."""
+    f = io.BytesIO(value)
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError("an object array (pickles) is refused")
+    need = math.prod(shape) * dtype.itemsize
+    if need != len(value) - f.tell():
+        raise ValueError(f"its header claims {shape} of {dtype} ({need:,} bytes), the member holds "
+                         f"{len(value) - f.tell():,}")
+    return np.load(io.BytesIO(value), allow_pickle=False)
+
+
+#: the largest magnitude a stored score may have: it must survive the cast to float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= FLOAT32_MAX
 
 
 def sample_geometry(s: dict, size: int | None = None, grid: tuple | None = None) -> tuple[int | None, tuple | None]:
@@ -238,6 +297,9 @@ def sample_geometry(s: dict, size: int | None = None, grid: tuple | None = None)
     if not isinstance(key, str) or not key or "/" in key or "\\" in key or key.startswith("."):
         bad("unsafe_name", "has a member name with a folder, '..' or a leading dot: refused (members stay inside "
                            "their shard)")
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in key):  # control characters, bidi overrides
+        bad("unsafe_name", f"has a key with control or formatting characters ({key.encode('unicode_escape')[:80]!r}): "
+                           "refused (a key shows in logs and file names)")
     if s.get("__problems__"):
         bad("bad_member", "; ".join(s["__problems__"]))
     meta = s.get("json")
@@ -297,19 +359,29 @@ def sample_geometry(s: dict, size: int | None = None, grid: tuple | None = None)
 
 class Validate:
     """A stage: ``sample_geometry`` on every sample (failures go to the handler: skipped and counted, or raised).
-    The frame size and the patch grid a stream must keep: the shards' stated size, else the first sample's."""
+    The frame size and the patch grid a stream must keep: the shards' stated size, else the first sample's.
+    ``unique_keys``: a key met a second time in the stream (the same sample in two shards) is refused too; off
+    for resampled streams, which meet every sample again by design."""
 
-    def __init__(self, size: int | None = None, handler: ErrorCounter | None = None):
+    def __init__(self, size: int | None = None, handler: ErrorCounter | None = None, unique_keys: bool = True):
         self.size, self.grid, self.handler = size, None, handler or ErrorCounter(strict=True)
+        self.unique_keys = unique_keys
 
     def __call__(self, samples):
+        seen: dict[str, str] = {}
         for s in samples:
             try:
                 size, grid = sample_geometry(s, self.size, self.grid)
+                key = s.get("__key__")
+                if self.unique_keys and key in seen:
+                    raise SampleError("duplicate_key", f"{s.get('__url__')}: sample {key} was already read from "
+                                                       f"{seen[key]}; a key names one sample")
             except SampleError as e:
                 if self.handler(e):
                     continue
                 return
+            if self.unique_keys:
+                seen[key] = s.get("__url__")
             self.size, self.grid = self.size or size, self.grid or grid
             yield s
 
@@ -349,11 +421,11 @@ def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle:
         if split_by_node:
             stages.append(wds.split_by_node)
         stages.append(wds.split_by_worker)
-    stages.append(partial(tar_samples, handler=handler))
+    stages.append(partial(tar_samples, handler=handler, expected=expected_samples(path, urls)))
     if shuffle:
         # seeded: the same order on a rerun; ``shuffle_initial``: samples buffered before the first is drawn
         stages.append(wds.shuffle(shuffle, initial=shuffle_initial or 100, seed=seed))
-    stages += [wds.map(safe_decode, handler=handler), Validate(stated_frame_size(path), handler),
+    stages += [wds.map(safe_decode, handler=handler), Validate(stated_frame_size(path), handler, not resampled),
                wds.map(partial(to_sample, frames=frames), handler=handler)]
     return wds.DataPipeline(*stages)
 

@@ -126,14 +126,32 @@ def resume_state(out: Path, cfg, ckpt: str) -> Optional[dict]:
 
 
 # -- run folders and checkpoints ------------------------------------------------------------------
-def comparable(yaml_text: str) -> str:
-    """The configuration minus what may change between invocations of one run."""
+#: what may differ between invocations of one run: how it is invoked, and where its folder is (a moved folder or a
+#: relative spelling of an absolute run.out is the same run)
+INVOCATION_KEYS = ("resume", "overwrite", "stop_after", "out")
+
+
+def comparable(yaml_text: str) -> dict:
+    """The configuration minus what may change between invocations of one run, flattened to dotted keys."""
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(OmegaConf.create(yaml_text))
-    for k in ("resume", "overwrite", "stop_after"):
+    for k in INVOCATION_KEYS:
         c["run"].pop(k, None)
-    return json.dumps(c, sort_keys=True)
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    return flat(c)
+
+
+def config_differences(saved_yaml: str, cfg) -> list[str]:
+    """``key: saved -> now`` for every key that differs between a run's saved config and ``cfg`` (invocation
+    keys aside)."""
+    a, b = comparable(saved_yaml), comparable(to_yaml(cfg))
+    return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def prepare_run_folder(cfg, rank: int, run_files=()) -> Path:
@@ -142,10 +160,12 @@ def prepare_run_folder(cfg, rank: int, run_files=()) -> Path:
     out = Path(cfg.run.out)
     saved = out / "config.yaml"
     if saved.exists() and not cfg.run.overwrite:
-        same = comparable(saved.read_text()) == comparable(to_yaml(cfg))
+        differ = config_differences(saved.read_text(), cfg)
+        same = not differ
         if not same and cfg.run.resume:
-            raise ConfigError(f"{out} holds a run with another configuration: resuming it with this one would mix "
-                              "two runs. Nothing was changed; use another run.out")
+            raise ConfigError(f"{out} holds a run with another configuration ({'; '.join(differ[:5])}"
+                              f"{'; ...' if len(differ) > 5 else ''}): resuming it with this one would mix two runs. "
+                              "Nothing was changed; use another run.out")
         if not same or not cfg.run.resume:
             raise ConfigError(f"{out} already holds a run ({saved}); pass run.resume=auto to continue it, "
                               "run.overwrite=true to replace it, or choose another run.out")
@@ -161,24 +181,59 @@ def prepare_run_folder(cfg, rank: int, run_files=()) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict, cfg):
-    """``state`` + the config, written atomically: a kill mid-write leaves the previous file intact."""
+    """``state`` + the config, written atomically: a kill mid-write leaves the previous file intact. A full disk
+    (PyTorch reports it as a RuntimeError, not an OSError) leaves no partial file behind and becomes an
+    ``OSError`` naming the file and the space it needs."""
+    import errno
+    import shutil
+
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({**state, "config": to_yaml(cfg)}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({**state, "config": to_yaml(cfg)}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        need = _state_bytes(state)
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+            isinstance(e, RuntimeError) and ("unexpected pos" in str(e) or "No space left" in str(e)))
+        if not full:
+            raise
+        kept = f"the last complete checkpoint, {path}, is kept" if path.exists() else "no checkpoint was written yet"
+        raise OSError(errno.ENOSPC, f"no space left on the device: writing the checkpoint needs about "
+                                    f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free; {kept}",
+                      str(path)) from None
+
+
+def _state_bytes(state) -> int:
+    """The bytes a state's tensors hold (what a checkpoint of it needs, give or take its pickle)."""
+    if torch.is_tensor(state):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    return 0
 
 
 def read_checkpoint(path: Path, cfg) -> dict:
+    import pickle
+
     try:  # weights_only: a checkpoint from elsewhere cannot run code
         state = torch.load(path, map_location="cpu", weights_only=True)
         state["config"]
-    except (RuntimeError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except (RuntimeError, EOFError, KeyError, TypeError, ValueError, AttributeError, pickle.UnpicklingError,
+            IndexError) as e:
         from .errors import DataError
 
-        raise DataError(f"{path} cannot be read as a videomask checkpoint ({type(e).__name__}: {str(e)[:200]}): "
-                        "truncated or corrupt? Move it away to start the run again from its beginning, or restore "
+        # PyTorch's own text advises weights_only=False, i.e. running whatever the file holds: not repeated here
+        raise DataError(f"{path} cannot be read as a videomask checkpoint ({type(e).__name__}): truncated, corrupt "
+                        "or not a checkpoint? Move it away to start the run again from its beginning, or restore "
                         "a copy; nothing was changed") from None
-    if comparable(state["config"]) != comparable(to_yaml(cfg)):
-        raise ConfigError(f"{path} was written by a run with another configuration; not resuming (nothing changed)")
+    differ = config_differences(state["config"], cfg)
+    if differ:
+        raise ConfigError(f"{path} was written by a run with another configuration ({'; '.join(differ[:5])}); "
+                          "not resuming (nothing changed)")
     return state
 
 

@@ -93,3 +93,35 @@ class FolderLock:
     def __exit__(self, *exc):
         self.release()
 
+
+
+def die_with_parent():
+    """In a worker process: be killed when the parent dies, ``kill -9`` included (Linux ``PR_SET_PDEATHSIG``), so
+    that no worker outlives the job it works for; elsewhere nothing (the pool's own shutdown still applies)."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import multiprocessing
+    import os
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():  # the parent died before the call above
+        os._exit(1)
+
+
+def loads_json(text):
+    """``json.loads`` for untrusted text: a document nested too deep for Python's recursion limit is a
+    ``json.JSONDecodeError`` (a ValueError, as for any malformed JSON), not a RecursionError."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deep", text if isinstance(text, str) else "", 0) from None

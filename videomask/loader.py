@@ -57,21 +57,29 @@ class SkipReport:
         self.failed = self.too_many(seen, counts, finished=True)
         return seen, counts
 
+    def read(self) -> tuple[int, Counter]:
+        """Samples read and skips over the run so far (finished epochs and the running one)."""
+        seen, counts = self.epoch()
+        return seen + self.total_seen, counts + self.total
+
+    def reasons(self, counts: Counter | None = None) -> str:
+        """The three commonest skip reasons, with an example each."""
+        counts = self.read()[1] if counts is None else counts
+        return "commonest reasons: " + "; ".join(f"{r}: {n} (e.g. {self.examples.get(r, '?')})"
+                                                 for r, n in counts.most_common(3))
+
     def too_many(self, seen: int, counts: Counter, finished: bool = False) -> str | None:
         """The message to stop with, or None: more than ``max_fraction`` of ``seen`` skipped (judged once
         ``min_samples`` were read, or at the end of an epoch)."""
         skipped = sum(counts.values())
         if not seen or (seen < self.min_samples and not finished) or skipped <= self.max_fraction * seen:
             return None
-        worst = "; ".join(f"{r}: {n} (e.g. {self.examples.get(r, '?')})" for r, n in counts.most_common(3))
         return (f"{skipped} of {seen} samples read were skipped as unusable ({100 * skipped / seen:.1f}% > "
-                f"data.max_skip_fraction={self.max_fraction}). Commonest reasons: {worst}. Fix or rebuild the shards "
+                f"data.max_skip_fraction={self.max_fraction}); {self.reasons(counts)}. Fix or rebuild the shards "
                 "(`videomask check SHARDS` lists every bad sample), or raise data.max_skip_fraction")
 
     def line(self) -> str:
-        seen, counts = self.epoch()
-        counts = counts + self.total
-        seen += self.total_seen
+        seen, counts = self.read()
         n = sum(counts.values())
         return (f"{n} of {seen} samples read were skipped" + (f": {', '.join(f'{r} {k}' for r, k in counts.most_common())}"
                                                               if n else ""))

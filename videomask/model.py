@@ -383,9 +383,15 @@ def build_model(cfg: ModelConfig, vocab_size: int, source: Path | None = None) -
     model = (TextMLM(cfg, vocab_size, source) if cfg.kind == "text" else VideoLanguageModel(cfg, vocab_size, source))
     run = init_run(cfg)
     if run is not None:
+        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
-        load_model(model, str(run / "model.safetensors"))
+        try:
+            load_model(model, str(run / "model.safetensors"))
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"model.init={run}: its model.safetensors cannot be loaded into this model "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); a damaged or foreign file?") \
+                from None
     return model
 
 

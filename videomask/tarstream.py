@@ -16,6 +16,9 @@ import tarfile
 from collections.abc import Iterator
 
 BLOCK = 512
+#: the largest member read into memory (a frame, a transcript, a score grid: megabytes); a header that claims more
+#: is refused by name and its data skipped, never allocated
+MAX_MEMBER = 1 << 30
 REGULAR = (b"0", b"\0", b"7")  # file, old-style file, contiguous file (read as a file, as tarfile does)
 KINDS = {b"1": "hard link", b"2": "symbolic link", b"3": "device or fifo", b"4": "device or fifo",
          b"5": "folder", b"6": "device or fifo", b"S": "sparse file"}
@@ -51,6 +54,8 @@ def _ustar(f) -> Iterator[tuple[str, str | None, bytes | None]]:
         if pax and "size" in pax:
             size = int(pax["size"])
         if kind in (b"x", b"g", b"L", b"K"):  # extended headers: their data describes the next member
+            if size > MAX_MEMBER:
+                raise tarfile.ReadError(f"an extended header claims {size:,} bytes")
             data = _data(f, size)
             if kind == b"x":
                 pax = _pax(data)
@@ -63,10 +68,13 @@ def _ustar(f) -> Iterator[tuple[str, str | None, bytes | None]]:
         name = name.decode("utf-8", "surrogateescape")
         name = (pax or {}).get("path") or long_name or name
         long_name = pax = None
-        if kind in REGULAR:
+        if kind in REGULAR and size > MAX_MEMBER:
+            _skip(f, size)
+            yield name, f"a member of {size:,} bytes, more than the limit of {MAX_MEMBER:,}", None
+        elif kind in REGULAR:
             yield name, None, _data(f, size)
         else:
-            _data(f, size)
+            _skip(f, size)
             yield name.rstrip("/") if kind == b"5" else name, KINDS.get(kind, f"unknown member type {kind!r}"), None
 
 
@@ -76,6 +84,16 @@ def _data(f, size: int) -> bytes:
     if len(data) < size or (pad and len(f.read(pad)) < pad):
         raise tarfile.ReadError("the file ends inside a member")
     return data
+
+
+def _skip(f, size: int, chunk: int = 1 << 20):
+    """Read past ``size`` bytes of member data and its padding, a chunk at a time."""
+    left = size + (-size % BLOCK)
+    while left:
+        got = len(f.read(min(chunk, left)))
+        if not got:
+            raise tarfile.ReadError("the file ends inside a member")
+        left -= got
 
 
 def _number(field: bytes) -> int:
@@ -117,7 +135,9 @@ def _pax(data: bytes) -> dict:
 def _with_tarfile(f) -> Iterator[tuple[str, str | None, bytes | None]]:
     with tarfile.open(fileobj=f, mode="r|*") as tar:
         for m in tar:
-            if m.isreg():
+            if m.isreg() and m.size > MAX_MEMBER:
+                yield m.name, f"a member of {m.size:,} bytes, more than the limit of {MAX_MEMBER:,}", None
+            elif m.isreg():
                 yield m.name, None, tar.extractfile(m).read()
             else:
                 kind = ("symbolic link" if m.issym() else "hard link" if m.islnk() else "folder" if m.isdir()

@@ -162,14 +162,17 @@ def checkpoint(run: Run, state: LoopState):
     state.saved_step = state.step
 
 
-def epochs(run: Run, loader: Loader, collate: MaskingCollator, state: LoopState):
+def epochs(run: Run, loader: Loader, collate: MaskingCollator, state: LoopState, stop: engine.StopSignals):
     """Batches without end: epoch after epoch of the shards (new masks each epoch), resumable mid-epoch. Each
-    finished epoch's reading is logged and judged (``loader.skips.failed``)."""
+    finished epoch's reading is logged and judged: data that is mostly unusable, or that cannot make one batch,
+    stops the run here rather than spin. A stop signal ends the batches (the loop then saves and returns)."""
     while True:
         collate.set_epoch(state.epoch)
         n = 0
         for b in loader:
             n += 1
+            if stop.signal:
+                return
             if n <= state.batch_in_epoch:
                 continue  # already trained on before the resume
             state.batch_in_epoch = n
@@ -178,18 +181,26 @@ def epochs(run: Run, loader: Loader, collate: MaskingCollator, state: LoopState)
         run.log.write({"step": state.step, "epoch": state.epoch, "samples_read": seen,
                        "samples_skipped": sum(counts.values()), **{f"skipped_{r}": k for r, k in counts.items()}},
                       state.step)
-        if n == 0 and not loader.skips.failed:
-            raise ConfigError(f"no training batches in {run.cfg.data.train} (split {run.cfg.data.train_split!r}); "
-                              f"with {run.world} processes each needs at least one batch of {run.cfg.data.batch_size}")
+        if loader.skips.failed:
+            raise data.DataError(loader.skips.failed)
+        if n == 0:
+            cfg = run.cfg
+            why = f" ({loader.skips.line()}; {loader.skips.reasons()})" if sum(counts.values()) else ""
+            raise data.DataError(f"no training batches in {cfg.data.train} (split {cfg.data.train_split!r}){why}; "
+                                 f"with {run.world} processes each needs at least one batch of {cfg.data.batch_size}")
+        if stop.signal:
+            return
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
-def skip_check(run: Run, loader: Loader, state: LoopState):
+def skip_check(run: Run, loader: Loader, state: LoopState, finished: bool = False):
     """A broken dataset stops the run; a few bad samples are skipped and counted. Judged on the host; with
-    several processes only at log steps, where all of them are, so that they stop together."""
-    if run.world > 1 and state.step % run.cfg.run.log_every:
+    several processes only at log steps, where all of them are, so that they stop together. ``finished``: at the
+    end of the run, on everything read (however few samples that was)."""
+    if run.world > 1 and state.step % run.cfg.run.log_every and not finished:
         return
-    why = loader.skips.failed or loader.skips.too_many(*loader.skips.epoch())
+    why = loader.skips.failed or loader.skips.too_many(*(loader.skips.read() if finished else loader.skips.epoch()),
+                                                       finished=finished)
     if run.world > 1 and not all_ranks_true(not why, run.world, run.device):
         why = why or (f"another process skipped more than data.max_skip_fraction={run.cfg.data.max_skip_fraction} "
                       "of its samples (see its message)")
@@ -342,12 +353,18 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
     logs = {}
 
     with engine.StopSignals() as stop:  # a signal: finish the step, save, return
-        bar = tqdm(total=o.max_steps, initial=state.step, disable=rank != 0, desc="train", unit="step")
-        batches = epochs(run, loader, collate, state)
+        bar = tqdm(total=o.max_steps, initial=state.step, disable=True if rank != 0 else None, desc="train", unit="step")
+        batches = epochs(run, loader, collate, state, stop)
         model.train()
         while state.step < o.max_steps:
             skip_check(run, loader, state)
-            logs = log_step(run, loader, state, optimizer_step(run, batches, state, autocast), bar)
+            try:
+                logs = log_step(run, loader, state, optimizer_step(run, batches, state, autocast), bar)
+            except StopIteration:  # a stop signal while reading: this step was not taken
+                checkpoint(run, state)
+                if rank == 0:
+                    logger.info(f"stopped at step {state.step} (signal {stop.signal}); resume with run.resume=auto")
+                break
             bar.update(1)
             if val_loader is not None and ((cfg.run.val_every and state.step % cfg.run.val_every == 0)
                                            or state.step == o.max_steps):
@@ -364,7 +381,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
         bar.close()
     run.log.close()
     finished = state.step >= o.max_steps
-    if finished:
+    if finished:  # the verdict on what was read, whether or not an epoch ended: the same for any optim.max_steps
+        skip_check(run, loader, state, finished=True)
         export(raw_model, opt, cfg, out, rank, fsdp, tokenizer)
     engine.teardown(world)
     if rank == 0:

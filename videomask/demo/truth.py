@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, VideomaskError
-from ..files import sha256_of, write_manifest
+from ..files import loads_json, sha256_of, write_manifest
 from ..scoring.score import read_samples, write_tar
 from .world import PLANTED_WORDS, is_target, object_mask
 
@@ -58,7 +58,7 @@ def patch_truth(meta: dict, grid: int) -> np.ndarray:
 
 def annotate_sample(key: str, members: list, grid: int) -> list:
     d = dict(members)
-    meta = json.loads(d["json"])
+    meta = loads_json(d["json"])
     missing = [k for k in ("objects", "frames_per_cue", "frame_indices", "fps", "width") if k not in meta]
     if missing:
         raise TruthError(f"sample {key} has no ground truth ({', '.join(missing)} missing from its metadata): "

@@ -34,8 +34,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError, MissingError, VideomaskError
+from ..files import loads_json
 from .inputs import SPLIT_DIRS
-from .transcripts import read_text
+from .transcripts import MAX_CORPUS_BYTES, read_text
 
 TVQA_FPS = 3.0  # the frame rate of TVQA's released frames
 
@@ -52,11 +53,11 @@ def split_of(path: Path) -> str:
 
 def read_jsonl(path: Path):
     """(line number, row or None, error or None) for every non-empty line."""
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    for n, line in enumerate(read_text(path, limit=MAX_CORPUS_BYTES).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads_json(line)
         except json.JSONDecodeError as e:
             yield n, None, f"malformed JSON: {e.msg}"
             continue

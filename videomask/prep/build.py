@@ -38,7 +38,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError, VideomaskError
-from ..files import FolderLock, sha256_of, write_manifest
+from ..files import FolderLock, die_with_parent, sha256_of, write_manifest
 from .cutting import BuildOptions, encode_frames, process
 from .inputs import discover, partition_of
 
@@ -173,7 +173,7 @@ def _results(inputs, opts: BuildOptions, workers: int):
                 yield window.popleft().result()
         return
     # spawn, not fork: decord and torch threads in a forked child can deadlock
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
         window = deque()
         it = iter(inputs)
         for inp in it:
@@ -196,6 +196,11 @@ def build(src: Path, out: Path, opts: BuildOptions = BuildOptions(), workers: in
     if not 0 <= partition < num_partitions:
         raise ConfigError(f"--partition {partition} must be in [0, --num-partitions {num_partitions})")
     src, out = Path(src), Path(out)
+    for folder in (out, *out.parents):  # the first that exists must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"OUTPUT {out}: {folder} is a file, not a folder; choose another output folder")
+            break
     if num_partitions > 1:
         out = out / f"part-{partition:05d}"
     with FolderLock(out, "videomask build"):

@@ -137,6 +137,8 @@ def process(inp: Input, opts: BuildOptions, encode: bool = True):
                               f"({info.duration:.2f}s), the first ending at {late[0].end:.2f}s: wrong transcript?",
                          stage="transcript")]
     words = timed_words(cues, info.duration)
+    timed_cues = sorted((c for c in cues if c.start is not None), key=lambda c: c.start)
+    overlaps = sum(b.start < a.end for a, b in zip(timed_cues, timed_cues[1:]))  # rolling captions, two speakers
     samples, errors = [], []
     if inp.window is not None:  # one clip of the given span (a QA's timestamps), clamped to the video
         t0, t1 = inp.window[0], min(inp.window[1], info.duration)
@@ -160,7 +162,8 @@ def process(inp: Input, opts: BuildOptions, encode: bool = True):
                 "frame_indices": indices, "frame_times": [round(i / info.fps, 3) for i in indices],
                 "timing": ("words" if any(cu.words for cu in cues) else "cues") if timed else (
                     "untimed" if cues else "none"),
-                "words": clip_words, **({"transcript_encoding": encoding} if encoding != "utf-8" else {}), **inp.extra}
+                "words": clip_words, **({"transcript_encoding": encoding} if encoding != "utf-8" else {}),
+                **({"transcript_overlapping_cues": overlaps} if overlaps else {}), **inp.extra}
         sample = {"__key__": key, "txt": text.encode(), "json": json.dumps(meta).encode()}
         for t, frame in enumerate(frames):
             sample[f"f{t:03d}.jpg"] = resize_crop(frame, opts.size)

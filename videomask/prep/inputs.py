@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, MissingError
-from .transcripts import TRANSCRIPT_EXTS, read_text
+from ..files import loads_json
+from .transcripts import MAX_CORPUS_BYTES, TRANSCRIPT_EXTS, read_bytes, read_text
 from .video import VIDEO_EXTS
 
 MANIFEST_EXTS = (".csv", ".jsonl")
@@ -126,7 +127,7 @@ def corpus_lines(path: Path) -> tuple[list[str | None], list[tuple[int, str]]]:
     another encoding (a copy-paste from a legacy file) keeps its UTF-8 lines and reports the others
     (None in their place: line numbers stay true); a file where no line is UTF-8 beyond ASCII is in a
     legacy encoding and is decoded whole with the detected one (``read_text``)."""
-    raw = Path(path).read_bytes()
+    raw = read_bytes(path, MAX_CORPUS_BYTES)
     try:
         return raw.decode("utf-8").splitlines(), []
     except UnicodeDecodeError:
@@ -141,7 +142,7 @@ def corpus_lines(path: Path) -> tuple[list[str | None], list[tuple[int, str]]]:
             bad.append((n, f"not UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1}); line skipped, "
                            "the rest of the file kept"))
     if not utf8_beyond_ascii:  # no line shows UTF-8 beyond ASCII: the whole file is in a legacy encoding
-        return read_text(path).splitlines(), []
+        return read_text(path, limit=MAX_CORPUS_BYTES).splitlines(), []
     return lines, bad
 
 
@@ -160,7 +161,7 @@ def read_corpus(path: Path, root: Path, split: str, text_field: str):
         extra = {}
         if path.suffix.lower() == ".jsonl":
             try:
-                row = json.loads(line)
+                row = loads_json(line)
                 text = row[text_field]
                 if not isinstance(text, str):
                     raise TypeError
@@ -187,14 +188,14 @@ def read_manifest(path: Path, default_split: str, text_field: str):
     base = path.parent
     try:
         if path.suffix.lower() == ".csv":
-            rows = list(csv.DictReader(read_text(path).splitlines()))
+            rows = list(csv.DictReader(read_text(path, limit=MAX_CORPUS_BYTES).splitlines()))
             line_of = [k + 2 for k in range(len(rows))]  # +1 header, +1 one-based
         else:
             rows, line_of = [], []
-            for n, line in enumerate(read_text(path).splitlines(), 1):
+            for n, line in enumerate(read_text(path, limit=MAX_CORPUS_BYTES).splitlines(), 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        rows.append(loads_json(line))
                     except json.JSONDecodeError as e:
                         rows.append({"__error__": f"malformed JSON: {e.msg}"})
                     line_of.append(n)
@@ -210,7 +211,7 @@ def read_manifest(path: Path, default_split: str, text_field: str):
         if isinstance(extra.get("answers"), str):
             a = extra["answers"]
             try:
-                extra["answers"] = json.loads(a) if a.startswith("[") else a.split("|")
+                extra["answers"] = loads_json(a) if a.startswith("[") else a.split("|")
             except json.JSONDecodeError as e:
                 errors.append(_error(where, f"answers is neither a JSON list nor '|'-separated: {e.msg}"))
                 continue
@@ -287,7 +288,7 @@ def _is_video_manifest(path: Path) -> bool:
         for line in f:
             if line.strip():
                 try:
-                    return "video" in json.loads(line)
+                    return "video" in loads_json(line)
                 except json.JSONDecodeError:
                     return False
     return False

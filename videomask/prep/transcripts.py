@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..files import loads_json
 
 WORD_RE = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 TAG_RE = re.compile(r"<[^>]*>|\{\\[^}]*\}")  # <i>, <c.colour>, {\an8}
@@ -85,9 +86,38 @@ def decode(data: bytes, path, encoding: str = "") -> tuple[str, str]:
     return str(best), best.encoding
 
 
-def read_text(path: Path, encoding: str = "") -> str:
+#: the largest transcript read (a day of speech is a few MB); larger files, and anything that is not a regular
+#: file (a link to /dev/zero, a fifo), are rejected by name instead of being read whole
+MAX_TRANSCRIPT_BYTES = 64 << 20
+#: the same for a manifest or a text corpus file, which is read whole too
+MAX_CORPUS_BYTES = 8 << 30
+
+
+def read_bytes(path: Path, limit: int = MAX_TRANSCRIPT_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; a ``TranscriptError`` naming it otherwise. Never
+    reads more than ``limit + 1`` bytes, whatever the file claims to be."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise TranscriptError(f"{path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise TranscriptError(f"{path}: not a regular file (a device, fifo or folder, or a link to one); refused")
+    if st.st_size > limit:
+        raise TranscriptError(f"{path}: {st.st_size:,} bytes, more than the limit of {limit:,} for a transcript")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TranscriptError(f"{path}: more than the limit of {limit:,} bytes for a transcript")
+    return data
+
+
+def read_text(path: Path, encoding: str = "", limit: int = MAX_TRANSCRIPT_BYTES) -> str:
     """Read a text file: UTF-8, else the detected encoding (see ``decode``); a clear error otherwise."""
-    return decode(Path(path).read_bytes(), path, encoding)[0]
+    return decode(read_bytes(path, limit), path, encoding)[0]
 
 
 def _clean(text: str) -> str:
@@ -194,7 +224,7 @@ def _words_to_cue(path, words, where) -> Cue:
 
 def parse_json(path: Path, text: str) -> list[Cue]:
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except json.JSONDecodeError as e:
         raise TranscriptError(f"{path}:{e.lineno}: malformed JSON transcript: {e.msg}") from None
     if isinstance(data, list):
@@ -221,7 +251,7 @@ def parse_json(path: Path, text: str) -> list[Cue]:
 def load_transcript(path: Path, encoding: str = "") -> tuple[list[Cue], bool, str]:
     """Parse a transcript file. Returns ``(cues, timed, the text encoding it was read with)``."""
     path = Path(path)
-    text, used = decode(path.read_bytes(), path, encoding)
+    text, used = decode(read_bytes(path), path, encoding)
     ext = path.suffix.lower()
     if ext == ".srt":
         return parse_srt(path, text), True, used

@@ -58,6 +58,7 @@ from ..data import (
     ErrorCounter,
     SampleError,
     inside,
+    read_manifest,
     safe_decode,
     sample_geometry,
     stated_frame_size,
@@ -160,14 +161,29 @@ class _ShardOut:
         self.samples, self.errors = 0, []
 
     def write(self, scored):
-        for key, members in scored:
-            self.tar.write({"__key__": key, **dict(members)})
-            self.samples += 1
+        try:
+            for key, members in scored:
+                self.tar.write({"__key__": key, **dict(members)})
+                self.samples += 1
+        except OSError as e:
+            raise self._named(e) from None
+
+    def _named(self, e: OSError) -> OSError:
+        """A write error (disk full) names the file, which a file object's write does not."""
+        try:
+            self.file.close()
+        except OSError:  # its buffer cannot be written either
+            pass
+        self.tmp.unlink(missing_ok=True)  # a rerun scores this shard again
+        return OSError(e.errno, e.strerror, str(self.tmp))
 
     def finish(self):
-        self.tar.close()
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        try:
+            self.tar.close()
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as e:
+            raise self._named(e) from None
         self.file.close()
         record = {"name": self.shard["name"], "samples": self.samples, "bytes": self.tmp.stat().st_size,
                   "sha256": sha256_of(self.tmp), "errors": self.errors}
@@ -287,7 +303,7 @@ def plan_job(src: Path, out: Path, anchors_path: Path, clip, text_encoder, opts:
     manifest_path = src / "manifest.json"
     if not manifest_path.exists():
         raise MissingError(f"{src}: no manifest.json (is this a folder of videomask shards?)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(src)
     if not manifest["shards"]:
         raise ScoringError(f"{src}: the manifest lists no shards")
     anchors = anchors_mod.load(anchors_path)

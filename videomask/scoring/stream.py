@@ -78,7 +78,7 @@ def _shard_words(path: Path) -> tuple[set[str], bool, int]:
                     try:
                         meta = json.loads(tar.extractfile(m).read())
                         words.update(w["w"].lower() for w in meta.get("words", []) if isinstance(w.get("w"), str))
-                    except (ValueError, AttributeError, TypeError):
+                    except (ValueError, AttributeError, TypeError, RecursionError):  # the scoring pass reports it
                         continue
     except (tarfile.TarError, OSError, EOFError):
         return words, False, n_json
