@@ -80,11 +80,12 @@ def test_truth_marks_the_target_objects_and_the_planted_words(split_world, tmp_p
         truth.annotate_sample("x", [("json", json.dumps({"words": []}).encode())], 4)
 
 
-def test_oracle_masks_ground_truth_through_the_collator(split_world, tmp_path):
+@pytest.mark.parametrize("strategy,planted_share", [("oracle_topk", 0.9), ("oracle", 0.3)])
+def test_oracle_masks_ground_truth_through_the_collator(split_world, tmp_path, strategy, planted_share):
     truth.annotate(split_world / "target", tmp_path / "truth", grid=4)
     samples = list(data.dataset(tmp_path / "truth", "train"))
     tok = load_tokenizer(ModelConfig())
-    batch = MaskingCollator(tok, MaskingConfig(strategy="oracle", text_ratio=0.15, patch_ratio=0.25),
+    batch = MaskingCollator(tok, MaskingConfig(strategy=strategy, text_ratio=0.15, patch_ratio=0.25),
                             max_length=96, patch_grid=(4, 4))(samples)
     pm, pt = batch["patch_mask"], torch.stack([torch.from_numpy(s["patch_truth"].astype(np.float32)) for s in samples])
     # exact budget: 4 of 16 patches per frame-set of 4 frames -> round(0.25 * 64) = 16 per clip
@@ -95,7 +96,10 @@ def test_oracle_masks_ground_truth_through_the_collator(split_world, tmp_path):
     ids = tok([s["text"] for s in samples], padding=True, truncation=True, max_length=96)["input_ids"]
     planted = {i for w in world.PLANTED_WORDS for i in tok(w, add_special_tokens=False)["input_ids"]}
     masked = batch["labels"][batch["labels"] != -100].tolist()
-    assert masked and sum(t in planted for t in masked) / len(masked) > 0.9, ids[0]
+    share = sum(t in planted for t in masked) / len(masked)
+    everywhere = sum(t in planted for row in ids for t in row) / sum(len(row) for row in ids)
+    # top-k: planted tokens strictly first; the rank-weighted sampler of difference-masking: far above their share
+    assert masked and share > planted_share and share > 2 * everywhere, ids[0]
     # data without ground truth: a clear error naming the strategy
     plain = list(data.dataset(split_world / "target", "train"))
     with pytest.raises(MaskingError, match="'oracle' needs ground truth, and sample"):
@@ -181,6 +185,25 @@ def test_paired_bootstrap_known_answers():
     assert n["lo"] < 0 < n["hi"]
     with pytest.raises(ValueError, match="seeds, items"):
         metrics.paired_bootstrap(np.zeros(3), np.zeros(3))
+
+
+def test_the_verdict_follows_the_preregistered_rule():
+    from videomask import experiments
+
+    cfg = experiments.load_config([], ["primary=test accuracy (target)"])
+    pair = lambda cond, lo, hi, measure="test accuracy (target)": {"condition": cond, "reference": "random",
+                                                                  "measure": measure, "mean": (lo + hi) / 2,
+                                                                  "lo": lo, "hi": hi}
+    v = lambda *pairs: experiments.verdict(cfg, list(pairs))
+    assert v(pair("oracle", 0.01, 0.2), pair("difference", 0.02, 0.1))["claim"] == "better"
+    assert v(pair("oracle", 0.01, 0.2), pair("difference", -0.2, -0.01))["claim"] == "worse"
+    r = v(pair("oracle", 0.01, 0.2), pair("difference", -0.01, 0.1))
+    assert (r["gate"], r["claim"]) == ("passes", "no detectable difference")
+    r = v(pair("oracle", -0.01, 0.2), pair("difference", 0.05, 0.1))  # a failed gate: the claim is not read
+    assert (r["gate"], r["claim"]) == ("fails", None) and "not read" in r["text"]
+    r = v(pair("oracle", 0.01, 0.2, "test accuracy"), pair("difference", 0.05, 0.1))  # another measure: undecided
+    assert (r["gate"], r["claim"]) == (None, None) and "not decided" in r["text"]
+    assert experiments.verdict(experiments.load_config([], []), [pair("oracle", 0.01, 0.2)]) is None
 
 
 def test_experiment_config_checks_strategies_before_training():

@@ -203,7 +203,7 @@ def test_registry_lists_the_paper_strategies():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(strategy="random", alpha=0.5), "masking.alpha=0.5: strategy 'random' takes no alpha"),
-    (dict(strategy="oracle", alpha=0.5), "strategy 'oracle' takes no alpha"),
+    (dict(strategy="oracle_topk", alpha=0.5), "strategy 'oracle_topk' takes no alpha"),
     (dict(strategy="difference_patches", text_mode="topk"), "does not rank text by score"),
     (dict(strategy="tube", patch_mode="rank"), "does not rank patches by score"),
     (dict(strategy="pmi", whole_word=True), "chooses its own text units"),
@@ -289,12 +289,29 @@ def test_inverse_difference_never_masks_punctuation_before_words():
     assert set(m[0].nonzero().flatten().tolist()) == {2 * int(i) for i in words.argsort()[:3]}
 
 
-def test_oracle_masks_ground_truth_first_with_the_same_budget():
+@pytest.mark.parametrize("side", ["", "_text", "_patches"])
+@pytest.mark.parametrize("alpha", [None, 0.5])
+def test_oracle_is_difference_masking_with_ground_truth_as_its_scores(side, alpha):
+    # the upper control differs from difference-masking only in what it ranks by: same kernels, samplers,
+    # alpha and budget, so the same values and generators give the same masks
+    cfg = dict(text_ratio=0.25, patch_ratio=0.5, alpha=alpha)
+    o, d = masking.plan(MaskingConfig(f"oracle{side}", **cfg)), masking.plan(MaskingConfig(f"difference{side}", **cfg))
+    for a, b in ((o.text, d.text), (o.patches, d.patches)):
+        assert (a.kernel, a.params, a.ratio) == (b.kernel, b.params, b.ratio)
+        assert a.reads == ("truth" if b.reads == "scores" else b.reads)
+        values = torch.rand(3, 40, generator=torch.Generator().manual_seed(1))
+        valid = torch.ones(3, 40, dtype=torch.bool)
+        gens = lambda: [torch.Generator().manual_seed(s) for s in range(3)]
+        assert torch.equal(a.draw(values, valid, gens()), b.draw(values, valid, gens()))
+    assert masking.get(f"oracle{side}").needs == {"truth"}
+
+
+def test_oracle_topk_masks_ground_truth_first_with_the_same_budget():
     truth = torch.zeros(2, 40)
     truth[0, :5] = 1  # 5 truly specific units, budget 10: all 5, then 5 uniform
     truth[1, 10:30] = 1  # 20 of them, budget 10: 10 of those
     valid = torch.ones(2, 40, dtype=torch.bool)
-    side = masking.plan(MaskingConfig("oracle", text_ratio=0.25)).text
+    side = masking.plan(MaskingConfig("oracle_topk", text_ratio=0.25)).text
     assert side.reads == "truth"
     m = side.draw(truth, valid, [torch.Generator().manual_seed(s) for s in (0, 1)])
     assert m.sum(1).tolist() == [10, 10]

@@ -60,6 +60,7 @@ logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotte
 METRICS = ("accuracy", "macro_f1", "micro_f1")
 #: the probe's columns (probe.json's summary): kind -> the accuracies reported
 PROBE = {"mlm": ("accuracy", "anchor_accuracy", "other_accuracy"),
+         "cloze_in_group": ("accuracy", "target_accuracy", "general_accuracy"),
          "cloze": ("accuracy", "target_accuracy", "general_accuracy")}
 PROBE_COLUMNS = tuple(f"{k}_{m}" for k, ms in PROBE.items() for m in ms)
 #: diagnostics of each continued-pretraining run (its metrics.jsonl, where the data has ground truth):
@@ -94,9 +95,18 @@ class ExperimentConfig:
     finetune: list = field(default_factory=list)  # key=value overrides of the fine-tuning config
     metric: str = "accuracy"  # of the bar chart: accuracy, macro_f1, micro_f1 or a probe column (cloze_accuracy)
     probe: bool = True  # the zero-shot probe of every cell's model (videomask.probe)
+    # fine-tunings per cell (run.seed = seed, 1000 + seed, ...): the test metrics and each question's
+    # correctness are averaged over them (a linear probe's own noise, e.g. its early-stopping epoch)
+    finetune_seeds: int = 1
     probe_shards: str = ""  # default: the fine-tuning config's shards
     probe_split: str = "test"  # split of probe_shards the probe reads
     reference: str = "random"  # the condition the paired differences are taken against
+    # the decision rule (docs/preregistration.md), written at the top of results.md when ``primary`` is set:
+    # the gate passes when upper_control - reference on the primary measure has its 95% CI above 0; only
+    # then is claim - reference read (better, worse, or no detectable difference)
+    primary: str = ""  # a measure of the paired table, e.g. "test accuracy (target)"
+    upper_control: str = "oracle"
+    claim: str = "difference"
     shards: str = ""  # unscored shards, re-scored per anchor count
     scorer: str = ""  # the open_clip model that scores them (name, checkpoint or local-dir:PATH)
     image_prompt: str = "a photo of a {}."
@@ -130,6 +140,8 @@ class ExperimentConfig:
             raise ConfigError("task and corpus go together: the labelled task folder and the unlabelled corpus")
         if self.anchor_method not in anchors_mod.METHODS:
             raise ConfigError(f"anchor_method must be one of {', '.join(anchors_mod.METHODS)}")
+        if self.finetune_seeds < 1:
+            raise ConfigError(f"finetune_seeds must be >= 1, got {self.finetune_seeds}")
         if not 0 <= self.dev_from_train < 1 or self.anchor_k < 1:
             raise ConfigError("dev_from_train must be in [0, 1) and anchor_k >= 1")
 
@@ -157,6 +169,11 @@ def cells(cfg: ExperimentConfig) -> list[dict]:
     return out
 
 
+def anchors_paths(k: int, out: Path) -> tuple[Path, Path]:
+    """Where the top-k anchors and the shards scored against them go."""
+    return out / "anchors" / f"anchors_k{k}.json", out / "anchors" / f"scored_k{k}"
+
+
 def anchors_for(cfg: ExperimentConfig, base_anchors: str, k: int, out: Path) -> tuple[Path, Path]:
     """(anchors.json of the top-k words, shards scored against them), made once per k."""
     from .scoring import score
@@ -164,7 +181,7 @@ def anchors_for(cfg: ExperimentConfig, base_anchors: str, k: int, out: Path) -> 
     a = anchors_mod.load(base_anchors)
     if k > len(a["anchors"]):
         raise ConfigError(f"anchor count {k} > the {len(a['anchors'])} anchors in {base_anchors}")
-    path, scored = out / "anchors" / f"anchors_k{k}.json", out / "anchors" / f"scored_k{k}"
+    path, scored = anchors_paths(k, out)
     if not path.exists():
         rows = a["anchors"][:k]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,91 +227,130 @@ def prepare_text(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
                    finetune=[*cfg.finetune, f"shards={task_shards}"])
 
 
-def run_cell(cfg: ExperimentConfig, cell: dict, out: Path) -> dict:
-    folder = out / "cells" / cell["name"]
-    done = folder / "finetune" / "metrics.json"
-    seed = cell["seed"]
+def finetune_dirs(cfg: ExperimentConfig, folder: Path) -> list[Path]:
+    """The cell's fine-tuning runs: ``finetune`` and, with ``finetune_seeds`` K > 1, ``finetune_1`` ..."""
+    return [folder / ("finetune" if j == 0 else f"finetune_{j}") for j in range(cfg.finetune_seeds)]
 
-    def pretrain_config(*extra):
-        return train.load_config(cfg.pretrain_files, [*cfg.pretrain, *extra, f"run.seed={seed}", f"masking.seed={seed}",
-                                                      f"run.out={folder / 'pretrain'}", "run.resume=auto"])
 
-    pre = pretrain_config()
-    if done.exists():
-        logger.info(f"[{cell['name']}] finished earlier: skipped")
-        r = json.loads(done.read_text())
-    else:
-        t = time.perf_counter()
-        ft_overrides = [*cfg.finetune, f"run.seed={seed}", f"run.out={folder / 'finetune'}", "run.resume=auto"]
+def cell_configs(cfg: ExperimentConfig, cell: dict, out: Path) -> tuple:
+    """(continued-pretraining config or None for the base, [fine-tuning configs]) of a cell, validated; nothing
+    is written (a cell's re-scored anchors are made by ``run_cell``)."""
+    folder, seed = out / "cells" / cell["name"], cell["seed"]
+    extra = []
+    if cell["strategy"] != NONE:
+        extra.append(f"masking.strategy={cell['strategy']}")
+        if cell["alpha"] is not None:
+            extra.append(f"masking.alpha={cell['alpha']}")
+        if cell["anchors"] is not None:
+            a, scored_dir = anchors_paths(int(cell["anchors"]), out)
+            extra += [f"data.anchors={a}", f"data.train={scored_dir}"]
+    pre = train.load_config(cfg.pretrain_files, [*cfg.pretrain, *extra, f"run.seed={seed}", f"masking.seed={seed}",
+                                                 f"run.out={folder / 'pretrain'}", "run.resume=auto"])
+    fcfgs = []
+    for j, d in enumerate(finetune_dirs(cfg, folder)):  # each its own probe seed: seed, 1000 + seed, ...
+        over = [*cfg.finetune, f"run.seed={1000 * j + seed}", f"run.out={d}", "run.resume=auto"]
         if cell["strategy"] == NONE:  # the base model, described by the pretraining config (model.init: its run)
-            fcfg = replace(ft.load_config(cfg.finetune_files, ft_overrides), model=pre.model)
+            fcfgs.append(replace(ft.load_config(cfg.finetune_files, over), model=pre.model))
         else:
-            extra = [f"masking.strategy={cell['strategy']}"]
-            if cell["alpha"] is not None:
-                extra.append(f"masking.alpha={cell['alpha']}")
-            if cell["anchors"] is not None:
-                a, scored_dir = anchors_for(cfg, pre.data.anchors, int(cell["anchors"]), out)
-                extra += [f"data.anchors={a}", f"data.train={scored_dir}"]
-            pre = pretrain_config(*extra)
+            fcfgs.append(ft.load_config(cfg.finetune_files, [*over, f"init={folder / 'pretrain'}"]))
+    return (None if cell["strategy"] == NONE else pre), fcfgs, pre
+
+
+def run_cell(cfg: ExperimentConfig, cell: dict, out: Path):
+    folder = out / "cells" / cell["name"]
+    t = time.perf_counter()
+    if cell["anchors"] is not None:
+        anchors_for(cfg, train.load_config(cfg.pretrain_files, cfg.pretrain).data.anchors, int(cell["anchors"]), out)
+    pre, fcfgs, described = cell_configs(cfg, cell, out)
+    if _finished(cfg, folder):
+        logger.info(f"[{cell['name']}] finished earlier: skipped")
+    else:
+        if pre is not None and not (folder / "pretrain" / "model.safetensors").exists():
             logger.info(f"[{cell['name']}] continued pretraining ({pre.masking.strategy}, {pre.optim.max_steps} steps)")
-            if not (folder / "pretrain" / "model.safetensors").exists():
-                train.train(pre)
-            fcfg = ft.load_config(cfg.finetune_files, [*ft_overrides, f"init={folder / 'pretrain'}"])
-        logger.info(f"[{cell['name']}] fine-tuning ({fcfg.task}, {fcfg.mode})")
-        r = ft.finetune(fcfg)
-        logger.info(f"[{cell['name']}] test accuracy {r['test']['accuracy']:.4f} ({time.perf_counter() - t:.0f}s)")
-    model_run = folder / "pretrain" if cell["strategy"] != NONE else pre.model.init
+            train.train(pre)
+        accuracies = []
+        for fcfg in fcfgs:
+            done = Path(fcfg.run.out) / "metrics.json"
+            if not done.exists():
+                logger.info(f"[{cell['name']}] fine-tuning ({fcfg.task}, {fcfg.mode}, seed {fcfg.run.seed})")
+            r = json.loads(done.read_text()) if done.exists() else ft.finetune(fcfg)
+            accuracies.append(r["test"]["accuracy"])
+        logger.info(f"[{cell['name']}] test accuracy {np.mean(accuracies):.4f} over {len(fcfgs)} fine-tuning "
+                    f"seed(s) ({time.perf_counter() - t:.0f}s)")
+    model_run = folder / "pretrain" if pre is not None else described.model.init
     if cfg.probe and model_run and not (folder / "probe.json").exists():
-        shards = cfg.probe_shards or ft.load_config(cfg.finetune_files, cfg.finetune).shards
-        pr = probe_mod.probe(model_run, shards, cfg.probe_split, pre.data.anchors or None, seed=0,
+        shards = cfg.probe_shards or fcfgs[0].shards
+        pr = probe_mod.probe(model_run, shards, cfg.probe_split, described.data.anchors or None, seed=0,
                              out=folder / "probe.json")
         logger.info(f"[{cell['name']}] probe: " + ", ".join(f"{k} {pr[k]['accuracy']:.3f}" for k in PROBE if k in pr))
-    return r
+
+
+def _finished(cfg: ExperimentConfig, folder: Path) -> list[dict]:
+    """The metrics.json of each of the cell's fine-tuning runs; [] unless all are finished."""
+    paths = [d / "metrics.json" for d in finetune_dirs(cfg, folder)]
+    return [json.loads(m.read_text()) for m in paths] if all(m.exists() for m in paths) else []
 
 
 def collect(cfg: ExperimentConfig, out: Path) -> list[dict]:
-    """One row per finished cell, read back from the cells' metrics.json and probe.json."""
+    """One row per finished cell, read back from the cells' metrics.json and probe.json; test metrics are means
+    over the cell's fine-tuning seeds."""
     rows = []
     for c in cells(cfg):
-        m = out / "cells" / c["name"] / "finetune" / "metrics.json"
-        if m.exists():
-            r = json.loads(m.read_text())
-            row = {**{k: c[k] for k in ("condition", "strategy", "alpha", "anchors", "seed")},
-                   **{f"test_{k}": r["test"][k] for k in METRICS}, "test_n": r["test"]["n"],
-                   "chance": 1 / len(r["labels"]) if r["task"] == "mcqa" else None, "cell": c["name"]}
-            logged = out / "cells" / c["name"] / "pretrain" / "metrics.jsonl"
-            steps = [json.loads(x) for x in logged.read_text().splitlines()] if logged.exists() else []
-            for k in DIAGNOSTICS:
-                v = [x[k] for x in steps if k in x]
-                row[k] = float(np.mean(v)) if v else None
-            pr = out / "cells" / c["name"] / "probe.json"
-            summary = json.loads(pr.read_text()) if pr.exists() else {}
-            for kind, names in PROBE.items():
-                for name in names:
-                    row[f"{kind}_{name}"] = summary.get(kind, {}).get(name)
-            rows.append(row)
+        folder = out / "cells" / c["name"]
+        runs = _finished(cfg, folder)
+        if not runs:
+            continue
+        r = runs[0]
+        row = {**{k: c[k] for k in ("condition", "strategy", "alpha", "anchors", "seed")},
+               **{f"test_{k}": float(np.mean([x["test"][k] for x in runs])) for k in METRICS},
+               "test_n": r["test"]["n"], "chance": 1 / len(r["labels"]) if r["task"] == "mcqa" else None,
+               "cell": c["name"]}
+        for g in r.get("test_by_group", {}):
+            row[f"test_accuracy_{g}"] = float(np.mean([x["test_by_group"][g]["accuracy"] for x in runs]))
+        logged = folder / "pretrain" / "metrics.jsonl"
+        steps = [json.loads(x) for x in logged.read_text().splitlines()] if logged.exists() else []
+        for k in DIAGNOSTICS:
+            v = [x[k] for x in steps if k in x]
+            row[k] = float(np.mean(v)) if v else None
+        pr = folder / "probe.json"
+        summary = json.loads(pr.read_text()) if pr.exists() else {}
+        for kind, names in PROBE.items():
+            for name in names:
+                row[f"{kind}_{name}"] = summary.get(kind, {}).get(name)
+        rows.append(row)
     return rows
 
 
-def item_scores(out: Path, cell: str, measure: str) -> list[float] | None:
-    """Per-item correctness of one cell, in a fixed item order: ``test`` (the fine-tuned model's test
-    questions) or a probe kind (``cloze``, ``mlm``)."""
+def item_scores(cfg: ExperimentConfig, out: Path, cell: str, measure: str) -> list[float] | None:
+    """Per-item scores of one cell, in a fixed item order: ``test`` (the fine-tuned models' test questions,
+    correctness averaged over the fine-tuning seeds), ``test:GROUP`` (those of one ``group_by`` value) or a
+    probe kind (``cloze``, ``mlm``, ``cloze_in_group``)."""
     folder = out / "cells" / cell
-    if measure == "test":
-        m = folder / "finetune" / "metrics.json"
-        if not m.exists():
+    if measure.startswith("test"):
+        runs = _finished(cfg, folder)
+        if not runs or any("test_predictions" not in r for r in runs):
             return None
-        p = json.loads(m.read_text()).get("test_predictions")
-        return None if p is None else [float(g == q) for g, q in zip(p["gold"], p["pred"])]
+        group = measure.partition(":")[2]
+        scores = []
+        for r in runs:
+            p = r["test_predictions"]
+            keep = [group == "" or k == group for k in p.get("group", [""] * len(p["gold"]))]
+            scores.append([float(g == q) for g, q, ok in zip(p["gold"], p["pred"], keep) if ok])
+        return list(np.mean(scores, axis=0))
     pr = folder / "probe.json"
     if not pr.exists():
         return None
     return [float(i["correct"]) for i in json.loads(pr.read_text())["items"] if i["kind"] == measure]
 
 
+def groups_of(rows: list[dict]) -> list[str]:
+    """The ``group_by`` values the test questions were reported under (from the rows' columns)."""
+    return sorted({k[len("test_accuracy_"):] for r in rows for k in r if k.startswith("test_accuracy_")})
+
+
 def paired(cfg: ExperimentConfig, rows: list[dict], out: Path) -> list[dict]:
     """Every condition against ``cfg.reference``: mean paired difference and bootstrap 95% CI, for the test
-    questions and for each probe kind, over the seeds both have."""
+    questions (all, and per group) and for each probe kind, over the seeds both have."""
     by = {}
     for r in rows:
         by.setdefault(r["condition"], {})[r["seed"]] = r["cell"]
@@ -302,17 +358,19 @@ def paired(cfg: ExperimentConfig, rows: list[dict], out: Path) -> list[dict]:
     if not ref:
         return []
     result = []
+    measures = ("test", *(f"test:{g}" for g in groups_of(rows)), *PROBE)
     for cond, seeds in by.items():
         if cond == cfg.reference:
             continue
         common = sorted(set(seeds) & set(ref))
-        for measure in ("test", *PROBE):
-            a = [item_scores(out, seeds[s], measure) for s in common]
-            b = [item_scores(out, ref[s], measure) for s in common]
+        for measure in measures:
+            a = [item_scores(cfg, out, seeds[s], measure) for s in common]
+            b = [item_scores(cfg, out, ref[s], measure) for s in common]
             if not common or any(x is None or not x for x in a + b) or len({len(x) for x in a + b}) != 1:
                 continue
-            result.append({"condition": cond, "reference": cfg.reference,
-                           "measure": "test accuracy" if measure == "test" else f"{measure} accuracy",
+            name = ("test accuracy" if measure == "test" else f"test accuracy ({measure[5:]})"
+                    if measure.startswith("test:") else f"{measure.replace('_', ' ')} accuracy")
+            result.append({"condition": cond, "reference": cfg.reference, "measure": name,
                            **metrics.paired_bootstrap(np.array(a), np.array(b))})
     return result
 
@@ -323,20 +381,27 @@ def summarise(rows: list[dict]) -> list[dict]:
     for r in rows:
         groups.setdefault(r["condition"], []).append(r)
     out = []
+    by_group = tuple(f"accuracy_{g}" for g in groups_of(rows))
     for cond, rs in groups.items():
         s = {"condition": cond, "seeds": len(rs)}
-        for k in (*METRICS, *PROBE_COLUMNS, *DIAGNOSTICS):
-            col = k if k not in METRICS else f"test_{k}"
+        for k in (*METRICS, *by_group, *PROBE_COLUMNS, *DIAGNOSTICS):
+            col = k if k not in METRICS + by_group else f"test_{k}"
             v = np.array([r[col] for r in rs if r.get(col) is not None], dtype=float)
             s[k] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else None
         out.append(s)
     return out
 
 
-#: the table's columns: (summary key, header)
+#: the table's columns: (summary key, header); the accuracy of each group of test questions follows macro-F1
 COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("cloze_accuracy", "cloze"),
            ("cloze_target_accuracy", "cloze, target colours"), ("cloze_general_accuracy", "cloze, general colours"),
+           ("cloze_in_group_target_accuracy", "cloze among target colours"),
            ("mlm_anchor_accuracy", "masked anchor words"), ("mlm_other_accuracy", "masked other words"))
+
+
+def columns(summary: list[dict]) -> tuple:
+    groups = sorted(k[len("accuracy_"):] for k in (summary[0] if summary else {}) if k.startswith("accuracy_"))
+    return COLUMNS[:2] + tuple((f"accuracy_{g}", f"accuracy, {g} answers") for g in groups) + COLUMNS[2:]
 
 
 DIAGNOSTIC_COLUMNS = (("masked_truth_text", "planted tokens masked"), ("masked_truth_patch", "target area masked"),
@@ -363,8 +428,42 @@ def table(summary: list[dict], columns, bold: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(summary: list[dict], pairs: list[dict] = ()) -> str:
-    text = table(summary, COLUMNS)
+def _pair(pairs, condition: str, measure: str) -> dict | None:
+    return next((p for p in pairs if p["condition"] == condition and p["measure"] == measure), None)
+
+
+def _ci(p: dict) -> str:
+    return f"{p['mean']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}]"
+
+
+def verdict(cfg: ExperimentConfig, pairs: list[dict]) -> dict | None:
+    """The pre-registered decision rule on the paired differences: the gate (does masking the right units help
+    here at all?), then, only if it passes, the claim against the reference. None without ``primary``."""
+    if not cfg.primary:
+        return None
+    gate, claim = _pair(pairs, cfg.upper_control, cfg.primary), _pair(pairs, cfg.claim, cfg.primary)
+    out = {"primary": cfg.primary, "gate": None, "claim": None, "text": ""}
+    if gate is None:
+        out["text"] = f"not decided: no paired {cfg.primary} of {cfg.upper_control} − {cfg.reference}"
+        return out
+    out["gate"] = "passes" if gate["lo"] > 0 else "fails"
+    text = (f"gate ({cfg.upper_control} − {cfg.reference}, {cfg.primary}): {_ci(gate)}, {out['gate']}")
+    if out["gate"] == "fails":
+        out["text"] = text + f"; this run cannot tell strategies apart, so {cfg.claim} − {cfg.reference} is not read"
+        return out
+    if claim is None:
+        out["text"] = text + f"; no paired {cfg.primary} of {cfg.claim} − {cfg.reference}"
+        return out
+    out["claim"] = "better" if claim["lo"] > 0 else "worse" if claim["hi"] < 0 else "no detectable difference"
+    said = {"better": f"{cfg.claim} beats {cfg.reference}", "worse": f"{cfg.reference} beats {cfg.claim}",
+            "no detectable difference": f"no detectable difference between {cfg.claim} and {cfg.reference}"}
+    out["text"] = text + f"; {cfg.claim} − {cfg.reference}: {_ci(claim)}: {said[out['claim']]}"
+    return out
+
+
+def markdown(summary: list[dict], pairs: list[dict] = (), decided: dict | None = None) -> str:
+    text = f"**Verdict** (the pre-registered rule): {decided['text']}.\n\n" if decided else ""
+    text += table(summary, columns(summary))
     diagnostics = table(summary, DIAGNOSTIC_COLUMNS, bold=False)
     if diagnostics:
         text += "\nContinued pretraining, mean over its logged steps (ground truth of the world):\n\n" + diagnostics
@@ -428,7 +527,11 @@ def report(cfg: ExperimentConfig, out: Path) -> list[dict]:
     summary, pairs = summarise(rows), paired(cfg, rows, out)
     (out / "paired.json").write_text(json.dumps(pairs, indent=1))
     seeds = len(cfg.seeds)
-    (out / "results.md").write_text(markdown(summary, pairs))
+    decided = verdict(cfg, pairs)
+    if decided:
+        (out / "verdict.json").write_text(json.dumps(decided, indent=1))
+        logger.info(f"verdict: {decided['text']}")
+    (out / "results.md").write_text(markdown(summary, pairs, decided))
     bar_chart(summary, cfg.metric, out / "results.png", rows[0]["chance"],
               f"{rows[0]['test_n']} test samples, mean ± std over {seeds} seed{'s' if seeds > 1 else ''}", pairs)
     return rows
@@ -436,11 +539,16 @@ def report(cfg: ExperimentConfig, out: Path) -> list[dict]:
 
 def run(cfg: ExperimentConfig) -> list[dict]:
     out = Path(cfg.out)
+    todo = cells(cfg)
+    if not cfg.task:  # every cell's keys are checked before anything is written (a text task's data comes first)
+        for c in todo:
+            cell_configs(cfg, c, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     if cfg.task:
         cfg = prepare_text(cfg, out)
-    todo = cells(cfg)
+        for c in todo:
+            cell_configs(cfg, c, out)
     for i, c in enumerate(todo, 1):
         logger.info(f"\n== cell {i}/{len(todo)}: {c['name']} ==")
         run_cell(cfg, c, out)

@@ -84,6 +84,7 @@ class FinetuneConfig:
     epochs: int = 20  # most epochs
     patience: int = 5  # epochs without a better validation score before stopping
     select: str = "accuracy"  # the validation metric for early stopping: accuracy, macro_f1 (ACL-ARC), micro_f1
+    group_by: str = ""  # a metadata field: the test metrics are also reported per value of it (e.g. answer_group)
     cache_features: bool = True  # probe mode: encode every sample once, train the head on the features
     run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/finetune"))
 
@@ -241,8 +242,9 @@ class Collate:
 
 
 # -- data: streamed from the shards, split by sample across processes -------------------------------
-def split_info(cfg: FinetuneConfig, split: str) -> tuple[int, list[str], int]:
-    """(number of samples, sorted labels, most candidates) of a split, from the metadata alone."""
+def split_info(cfg: FinetuneConfig, split: str) -> tuple[int, list[str], int, list]:
+    """(number of samples, sorted labels, most candidates, each sample's ``group_by`` value) of a split, from the
+    metadata alone, in the split's order."""
     try:
         metas = [s["meta"] for s in data.dataset(cfg.shards, split, frames=False, split_by_node=False,
                                                  handler=data.ErrorCounter(strict=True))]
@@ -256,7 +258,10 @@ def split_info(cfg: FinetuneConfig, split: str) -> tuple[int, list[str], int]:
             raise ConfigError(f"{cfg.shards} ({split}): {len(missing)} samples lack question/answers/answer_idx, "
                               f"e.g. {missing[0]} (task=mcqa needs QA metadata)")
     labels = sorted({str(m.get("label")) for m in metas})
-    return len(metas), labels, max((len(m.get("answers", [])) for m in metas), default=0)
+    groups = [str(m.get(cfg.group_by)) for m in metas] if cfg.group_by else []
+    if cfg.group_by and all(m.get(cfg.group_by) is None for m in metas):
+        raise ConfigError(f"{cfg.shards} ({split}): no sample has the metadata field group_by={cfg.group_by!r}")
+    return len(metas), labels, max((len(m.get("answers", [])) for m in metas), default=0), groups
 
 
 def stream(cfg: FinetuneConfig, split: str, collate, rank: int, world: int, seed: int | None = None):
@@ -300,7 +305,7 @@ def encode_split(model, cfg, split, collate, rank, world, device, autocast):
     model.eval()
     local = []
     for idx, b in tqdm(stream(cfg, split, collate, rank, world), desc=f"features ({split})", unit="batch",
-                       disable=rank != 0, leave=False):
+                       disable=True if rank != 0 else None, leave=False):  # None: not when stderr is no terminal
         b = engine.to_device(b, device)
         with autocast:
             f = model.pooled(b).float()
@@ -362,7 +367,7 @@ def split_summary(cfg: FinetuneConfig) -> dict:
     the metadata before anything trains or is written; unseen test labels are refused here."""
     if not cfg.shards:
         raise ConfigError("shards is empty: give the shards whose metadata holds the labels or QA fields")
-    (n_train, labels, _), (n_val, _, _), (n_test, test_labels, k_test) = (
+    (n_train, labels, _, _), (n_val, _, _, _), (n_test, test_labels, k_test, groups) = (
         split_info(cfg, s) for s in (cfg.train_split, cfg.val_split, cfg.test_split))
     if cfg.task != "mcqa":
         unseen = sorted(set(test_labels) - set(labels))
@@ -370,7 +375,7 @@ def split_summary(cfg: FinetuneConfig) -> dict:
             raise DataError(f"{cfg.shards}: test labels {unseen} never occur in the {cfg.train_split!r} split "
                             f"(known: {', '.join(labels)}); the head cannot predict them")
     return {"samples": {"train": n_train, "val": n_val, "test": n_test},
-            "labels": labels if cfg.task != "mcqa" else None, "k_test": k_test}
+            "labels": labels if cfg.task != "mcqa" else None, "k_test": k_test, "test_groups": groups}
 
 
 def write_results(cfg: FinetuneConfig, out: Path, result: dict, best_state: dict, rank: int):
@@ -498,8 +503,17 @@ def test_result(ft: "Run", progress: Progress, splits: dict, params: int) -> dic
             "trainable_parameters": params, "samples": splits["samples"], "processes": ft.world,
             **({"truncated": {"texts": collate.texts, "longer_than_max_text_len": collate.truncated,
                               "max_text_len": cfg.max_text_len}} if cfg.task == "text_cls" else {}),
+            **({"test_by_group": by_group(gold, pred, splits["test_groups"], n_classes), "group_by": cfg.group_by}
+               if cfg.group_by else {}),
             # per question, in the shards' order: what paired comparisons across models resample
-            "test_predictions": {"gold": list(map(int, gold)), "pred": list(map(int, pred))}}
+            "test_predictions": {"gold": list(map(int, gold)), "pred": list(map(int, pred)),
+                                 **({"group": splits["test_groups"]} if cfg.group_by else {})}}
+
+
+def by_group(gold: list, pred: list, groups: list, n_classes: int) -> dict:
+    """The test metrics of each value of ``group_by`` (questions in the split's order)."""
+    return {g: metrics.scores([x for x, k in zip(gold, groups) if k == g], [x for x, k in zip(pred, groups) if k == g],
+                              n_classes) for g in sorted(set(groups))}
 
 
 def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:

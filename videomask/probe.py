@@ -88,11 +88,20 @@ def cloze_items(model, tok, samples) -> list[dict]:
         pos = (enc["input_ids"][b] == tok.mask_token_id).nonzero().flatten()
         if len(pos) != 1:
             raise DataError(f"sample {s['key']}: its cloze prompt must hold one {{mask}}, got {c['prompt']!r}")
-        choice_ids = [tok(ch, add_special_tokens=False)["input_ids"][0] for ch in c["choices"]]
-        best = c["choices"][int(logits[b, int(pos[0]), choice_ids].argmax())]
+        best = _best(tok, logits[b, int(pos[0])], c["choices"])
         items.append({"key": s["key"], "kind": "cloze", "group": c.get("group", "all"), "correct": best == c["answer"],
                       "pred": best})
+        if c.get("group_choices"):  # the same cloze among the answer's own group only (violet vs turquoise)
+            best = _best(tok, logits[b, int(pos[0])], c["group_choices"])
+            items.append({"key": s["key"], "kind": "cloze_in_group", "group": c.get("group", "all"),
+                          "correct": best == c["answer"], "pred": best})
     return items
+
+
+def _best(tok, logits: torch.Tensor, choices: list) -> str:
+    """The choice whose first token the model rates highest at a masked position (``logits`` [V])."""
+    ids = [tok(ch, add_special_tokens=False)["input_ids"][0] for ch in choices]
+    return choices[int(logits[ids].argmax())]
 
 
 def summary(items: list[dict]) -> dict:

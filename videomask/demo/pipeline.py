@@ -43,10 +43,10 @@ from . import solvers, tiny_clip, truth, world
 logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
 
 
-#: the demo's world. 480 target clips: 216 train (continued pretraining and the probe's training
-#: questions), 48 val, 216 test (a standard error of at most 0.034 on a test accuracy); 240 general
+#: the demo's world. 720 target clips: 324 train (continued pretraining and the probe's training
+#: questions), 72 val, 324 test (a standard error of at most 0.028 on a test accuracy); 240 general
 #: clips, 48 of them held out to check the base model.
-DEMO_WORLD = world.WorldConfig(general=240, general_test_fraction=0.2, target=480, size=64, val_fraction=0.1,
+DEMO_WORLD = world.WorldConfig(general=240, general_test_fraction=0.2, target=720, size=64, val_fraction=0.1,
                                test_fraction=0.45, say_colour=0.75)
 #: the demo's frame sampling: one 6 s clip per synthetic video, 4 frames of 64 px
 DEMO_BUILD = build.BuildOptions(frames=4, size=64, clip_seconds=6.0, max_samples=128)
@@ -55,6 +55,13 @@ DEMO_SCORE = {"image_prompt": "{}", "word_prompt": "{}"}
 #: anchors kept: the words above the elbow of the TF-ICF scores on this world (ranks 1-11 score
 #: >= 0.11, rank 12 scores 0.057); within the 5-20 the authors used
 DEMO_ANCHORS = 11
+
+
+#: ``--smoke``: the same stages at toy sizes, to check that the command runs (its table means nothing)
+SMOKE_WORLD = world.WorldConfig(general=12, general_test_fraction=0.25, target=24, size=64, val_fraction=0.25,
+                                test_fraction=0.25, say_colour=0.75)
+SMOKE_STEPS = ["optim.max_steps=2", "optim.warmup_steps=1", "run.log_every=1", "data.batch_size=4"]
+SMOKE_ABLATION = ["seeds=[0]", "strategies=[random]", "finetune_seeds=1"]
 
 
 def stage(name: str):
@@ -118,12 +125,12 @@ def run(out: Path, workers: int = 2, world_cfg: world.WorldConfig = DEMO_WORLD,
     return paths
 
 
-def base(out: Path) -> dict:
+def base(out: Path, overrides=()) -> dict:
     """Stage 7: the base model pretrained on the general domain (built once), and its check: the colour
     cloze on held-out general clips (chance: 1/6)."""
     t = stage("base: pretraining on the general domain (random masking), then a check on held-out general clips")
     cfg = train.load_config([CONFIG_DIR / "base_general.yaml"], [f"data.train={out / 'shards' / 'general'}",
-                                                                  f"run.out={out / 'base'}"])
+                                                                  f"run.out={out / 'base'}", *overrides])
     if not (out / "base" / "model.safetensors").exists():
         train.train(cfg)
     check = out / "base" / "probe_test.json"
@@ -134,7 +141,7 @@ def base(out: Path) -> dict:
     return r
 
 
-def ablation(out: Path, overrides=()) -> list[dict]:
+def ablation(out: Path, overrides=(), pretrain=(), finetune=()) -> list[dict]:
     """Stage 8: continued pretraining from the base with each strategy and seed, fine-tuning, the zero-shot
     probe and the table (``configs/ablation_demo.yaml`` with this run's paths) in ``out/ablation``."""
     from .. import experiments
@@ -144,8 +151,8 @@ def ablation(out: Path, overrides=()) -> list[dict]:
         f"out={out / 'ablation'}", f"pretrain_files=[{CONFIG_DIR / 'train_default.yaml'}]",
         f"finetune_files=[{CONFIG_DIR / 'finetune_demo.yaml'}]",
         f"pretrain=[data.train={out / 'truth' / 'target'},data.anchors={out / 'anchors.json'},"
-        f"model.init={out / 'base'}]",
-        f"finetune=[shards={out / 'truth' / 'target'}]", *overrides])
+        f"model.init={out / 'base'}{''.join(',' + x for x in pretrain)}]",
+        f"finetune=[shards={out / 'truth' / 'target'}{''.join(',' + x for x in finetune)}]", *overrides])
     return experiments.run(cfg)
 
 
@@ -156,12 +163,18 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="processes for the shard build")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the ablation (seeds=[0,1,2,3,4])")
     p.add_argument("-v", "--verbose", action="count", default=0, help="show third-party load reports and warnings")
+    p.add_argument("--smoke", action="store_true", help="toy sizes: checks that every stage runs (no result)")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
     t0 = time.perf_counter()
-    run(a.out, a.workers)
-    base(a.out)
-    ablation(a.out, a.overrides)
+    if a.smoke:
+        run(a.out, a.workers, SMOKE_WORLD, clip_steps=5)
+        base(a.out, SMOKE_STEPS)
+        ablation(a.out, [*SMOKE_ABLATION, *a.overrides], SMOKE_STEPS, ["epochs=2", "batch_size=4"])
+    else:
+        run(a.out, a.workers)
+        base(a.out)
+        ablation(a.out, a.overrides)
     logger.info(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; outputs in {a.out}")
     return 0
 

@@ -129,6 +129,18 @@ def _general_obj(rng, slot, n_slots, avoid: str = "") -> Obj:
     return _place(rng, str(rng.choice(GENERAL_SHAPES)), str(rng.choice(colours)), slot, n_slots)
 
 
+def _group(colour: str) -> str:
+    return "target" if colour in TARGET_COLOURS else "general"
+
+
+def _cloze(shape: str, colour: str) -> dict:
+    """"a [MASK] hexagon": all colour words as choices, and those of the answer's own domain apart (the target
+    colours against each other: which pixels each new word names)."""
+    own = TARGET_COLOURS if colour in TARGET_COLOURS else GENERAL_COLOURS
+    return {"prompt": f"a {{mask}} {shape}", "answer": colour, "choices": list(COLOURS), "group": _group(colour),
+            "group_choices": list(own)}
+
+
 def make_clip(rng: np.random.Generator, domain: str, cfg: WorldConfig):
     """Scenes (objects per cue), cue texts, and for target clips the annotations."""
     scenes, texts, ann = [], [], {}
@@ -146,10 +158,9 @@ def make_clip(rng: np.random.Generator, domain: str, cfg: WorldConfig):
         order = rng.permutation(4)
         ann = {"label": key_shape, "question": f"What colour is the {key_shape}?",
                "answers": [answers[i] for i in order], "answer_idx": int(np.argmax(order == 0)),
-               "colour_said": say_colour,
+               "colour_said": say_colour, "answer_group": _group(colour),
                # the zero-shot probe's cloze: which colour word fits "a [MASK] hexagon", given the frames
-               "cloze": {"prompt": f"a {{mask}} {key_shape}", "answer": colour, "choices": list(COLOURS),
-                         "group": "target" if colour in TARGET_COLOURS else "general"}}
+               "cloze": _cloze(key_shape, colour)}
     for _ in range(cfg.segments):
         if domain == "target":
             n = 1 + int(rng.random() < 0.5)
@@ -171,8 +182,7 @@ def make_clip(rng: np.random.Generator, domain: str, cfg: WorldConfig):
         shapes = [o.shape for objs in scenes for o in objs]
         unique = [o for objs in scenes for o in objs if shapes.count(o.shape) == 1]
         if unique:
-            ann = {"cloze": {"prompt": f"a {{mask}} {unique[0].shape}", "answer": unique[0].colour,
-                             "choices": list(COLOURS), "group": "general"}}
+            ann = {"cloze": _cloze(unique[0].shape, unique[0].colour)}
     return scenes, texts, ann
 
 

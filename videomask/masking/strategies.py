@@ -125,12 +125,19 @@ for _kernel, _what in (("difference", "the most different units first"),
     register(Strategy(f"{_kernel}_text", _text(_kernel, "scores"), RANDOM_PATCHES, f"{_what}, text only"))
     register(Strategy(f"{_kernel}_patches", RANDOM, _patches(_kernel, "scores"),
                       f"{_what}, patches only" + (" (the authors' video setting)" if _kernel == "difference" else "")))
-_ORACLE = {"alpha": 1.0, "mode": "topk"}
-_oracle_text, _oracle_patches = Side("difference", "truth", fixed=_ORACLE), Side("difference", "truth", fixed=_ORACLE,
-                                                                                unit="patch")
-register(Strategy("oracle", _oracle_text, _oracle_patches, "ground-truth units first, then uniform (upper control)"))
-register(Strategy("oracle_text", _oracle_text, RANDOM_PATCHES, "ground-truth words first, text only"))
-register(Strategy("oracle_patches", RANDOM, _oracle_patches, "ground-truth patches first, patches only"))
+# the upper control: the world's ground truth through difference-masking's own samplers and alpha, so that
+# oracle vs difference isolates the quality of the scores (docs/method.md §10)
+register(Strategy("oracle", _text("difference", "truth"), _patches("difference", "truth"),
+                  "ground truth as scores, difference-masking's samplers (upper control)"))
+register(Strategy("oracle_text", _text("difference", "truth"), RANDOM_PATCHES, "the same, text only"))
+register(Strategy("oracle_patches", RANDOM, _patches("difference", "truth"), "the same, patches only"))
+# the hard version: ground-truth units strictly first (top-k on text too), then uniform
+_TOPK = {"alpha": 1.0, "mode": "topk"}
+_topk_text, _topk_patches = Side("difference", "truth", fixed=_TOPK), Side("difference", "truth", fixed=_TOPK,
+                                                                           unit="patch")
+register(Strategy("oracle_topk", _topk_text, _topk_patches, "ground-truth units strictly first, then uniform"))
+register(Strategy("oracle_topk_text", _topk_text, RANDOM_PATCHES, "the same, text only"))
+register(Strategy("oracle_topk_patches", RANDOM, _topk_patches, "the same, patches only"))
 register(Strategy("whole_word", Side("whole_word", unit="word", word_kernel="random"), RANDOM_PATCHES,
                   "random whole words (budget in tokens)"))
 register(Strategy("span", Side("span", fixed={"p": 0.2, "max_span": 10}, unit="span"), RANDOM_PATCHES,
