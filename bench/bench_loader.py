@@ -13,20 +13,16 @@ import argparse
 import shutil
 import tarfile
 
-from common import best_of, make_world, report
+from common import best_of, make_shards, report
 
 from videomask import data
-from videomask.prep import build
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--clips", type=int, default=64)
     a = p.parse_args()
-    w = make_world(a.clips)
-    shards = w / "shards"
-    build.build(w / "target.jsonl", shards, build.BuildOptions(frames=8, size=224, clip_seconds=6, max_samples=32),
-                workers=2, progress=False)
+    w, shards = make_shards(a.clips)
     jpegs = []
     for path in sorted(shards.glob("*.tar")):
         with tarfile.open(path) as t:

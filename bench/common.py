@@ -14,6 +14,16 @@ def make_world(clips: int, size: int = 224, seconds_per_cue: float = 2.0) -> Pat
     return out
 
 
+def make_shards(clips: int) -> tuple[Path, Path]:
+    """A world of ``clips`` target clips built into shards (T=8, S=224, 32 a shard): (world folder, shards)."""
+    from videomask.prep import build
+
+    w = make_world(clips)
+    build.build(w / "target.jsonl", w / "shards", build.BuildOptions(frames=8, size=224, clip_seconds=6,
+                                                                      max_samples=32), workers=2, progress=False)
+    return w, w / "shards"
+
+
 def best_of(*fns, repeats: int = 5) -> list[float]:
     """Fastest wall time of each function over ``repeats`` rounds. The functions take turns within a
     round, so that a slow spell of a noisy machine hits all of them alike."""

@@ -359,7 +359,7 @@ def test_partitions_and_merge(tiny_world, tmp_path):
 
 def test_cli_help_and_wrapper():
     r = subprocess.run(["bash", "data_prep/build_shards.sh", "--help"], capture_output=True, text=True,
-                       cwd=Path(__file__).parents[1])
+                       cwd=Path(__file__).parents[1], env={**os.environ, "PYTHON": sys.executable})
     assert r.returncode == 0 and "--workers" in r.stdout and "errors.jsonl" in r.stdout
 
 

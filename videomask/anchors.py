@@ -62,6 +62,7 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
+from . import urls
 from .errors import DataError, MissingError, VideomaskError
 from .files import loads_json
 from .prep.transcripts import (
@@ -101,6 +102,10 @@ def _text_files(path: Path):
 def read_texts(path, split: str | None = None) -> list[str]:
     """The documents of a shard folder (``split``: only that split's samples), a text file, or a folder
     of text files."""
+    if urls.is_url(path):  # shards in a bucket, on a server or from a command
+        from .data import dataset
+
+        return [s["text"] for s in dataset(path, split, frames=False)]
     path = Path(path)
     if not path.exists():
         raise MissingError(f"{path}: no such file or folder")
@@ -291,7 +296,7 @@ def build_anchors(targets, reference="wordfreq:en", k=20, method="tficf", min_co
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m videomask.anchors", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("targets", nargs="*", type=Path, help="target shards or text files/folders")
+    p.add_argument("targets", nargs="*", type=urls.location, help="target shards (a folder or a URL: videomask.urls) or text files/folders")
     p.add_argument("--reference", nargs="+", default=["wordfreq:en"],
                    help="reference text files/folders, or wordfreq:LANG (default: wordfreq:en)")
     p.add_argument("--split", default=None, help="only this split of target shard folders (e.g. train: anchors "

@@ -41,6 +41,7 @@ import numpy as np
 import webdataset as wds
 
 from . import tarstream
+from . import urls as urls_mod
 from .errors import DataError, MissingError
 from .jpeg import decode_frames, decode_jpeg, jpeg_size  # noqa: F401  (decode_jpeg: part of data's API)
 
@@ -98,12 +99,21 @@ class ErrorCounter:
 
 
 def shard_urls(path, split: str | None = None) -> list[str]:
-    """Shard paths from a shard folder's ``manifest.json`` (optionally one split), a single .tar,
-    a brace pattern, or a list. An empty result is an error naming the place looked at."""
+    """Shard paths or URLs (``videomask.urls``) from a shard folder's ``manifest.json`` (optionally one split), a
+    single .tar, a brace pattern, or a list. A folder without a manifest: its ``*.tar`` (``{split}-*.tar``). An
+    empty result is an error naming the place looked at."""
     if isinstance(path, (list, tuple)):
         urls = [str(p) for p in path]
+    elif urls_mod.is_url(path) and urls_mod.names_shards(path):
+        urls = list(wds.shardlists.expand_urls(path))
+    elif urls_mod.is_url(path):  # a folder in a bucket or on a server
+        manifest = manifest_at(path)
+        if manifest is not None:
+            urls = [urls_mod.join(path, s["name"]) for s in manifest["shards"] if split is None or s["split"] == split]
+        else:
+            urls = urls_mod.list_tars(path, f"{split}-*.tar" if split else "*.tar")
     else:
-        p = Path(path)
+        p = urls_mod.local(path)
         if p.is_dir():
             mf = p / "manifest.json"
             if mf.exists():
@@ -114,16 +124,37 @@ def shard_urls(path, split: str | None = None) -> list[str]:
         else:
             urls = list(wds.shardlists.expand_urls(str(path)))
     if not urls:
-        raise MissingError(f"no shards found at {path}" + (f" for split {split!r}" if split else ""))
+        raise MissingError(f"no shards found at {urls_mod.redact(path)}" + (f" for split {split!r}" if split else ""))
     return urls
 
 
+def manifest_at(path) -> dict | None:
+    """The checked manifest of the shard folder ``path`` (local or a URL folder), or None when it has none (a list
+    of shards, a brace pattern, a single tar, a folder of bare tars)."""
+    if isinstance(path, (list, tuple)):
+        return None
+    if urls_mod.is_url(path):
+        if urls_mod.names_shards(path):
+            return None
+        text = urls_mod.read_text(urls_mod.join(path, "manifest.json"), missing_ok=True)
+        return None if text is None else _checked_manifest(text, path, urls_mod.join(path, "manifest.json"))
+    return read_manifest(path) if (urls_mod.local(path) / "manifest.json").is_file() else None
+
+
 def read_manifest(folder) -> dict:
-    """A shard folder's ``manifest.json``, checked: every shard listed once, by a name relative to the folder that
-    stays inside it, with its split and sample count. A manifest is trusted no further than that."""
-    mf = Path(folder) / "manifest.json"
+    """A shard folder's ``manifest.json`` (a local folder or a URL one), checked: every shard listed once, by a
+    name relative to the folder that stays inside it, with its split and sample count. A manifest is trusted no
+    further than that."""
+    if urls_mod.is_url(folder):
+        where = urls_mod.join(folder, "manifest.json")
+        return _checked_manifest(urls_mod.read_text(where), folder, urls_mod.redact(where))
+    mf = urls_mod.local(folder) / "manifest.json"
+    return _checked_manifest(mf.read_text(), urls_mod.local(folder), mf)
+
+
+def _checked_manifest(text: str, folder, mf) -> dict:
     try:
-        manifest = json.loads(mf.read_text())
+        manifest = json.loads(text)
         shards = manifest["shards"]
         for s in shards:
             inside(folder, s["name"], mf)
@@ -140,9 +171,12 @@ def read_manifest(folder) -> dict:
     return manifest
 
 
-def inside(folder: Path, name, listed_in) -> Path:
+def inside(folder, name, listed_in):
     """``folder / name``, refused unless it stays inside ``folder`` (a manifest from elsewhere may list
-    ``../x.tar`` or an absolute path, even one that points inside; symbolic links are resolved before the check)."""
+    ``../x.tar`` or an absolute path, even one that points inside; symbolic links are resolved before the check).
+    For a URL folder, ``videomask.urls.inside`` (a string)."""
+    if urls_mod.is_url(folder):
+        return urls_mod.inside(folder, name, listed_in)
     if not isinstance(name, str) or not name:
         raise DataError(f"{listed_in}: shard name {name!r} is not a file name")
     if Path(name).is_absolute():
@@ -156,19 +190,22 @@ def inside(folder: Path, name, listed_in) -> Path:
 
 def stated_frame_size(path) -> int | None:
     """The frame side the shards at ``path`` were built with (their manifest's ``options.size``), or None."""
-    mf = Path(path) / "manifest.json" if not isinstance(path, (list, tuple)) else None
     try:
-        size = json.loads(mf.read_text()).get("options", {}).get("size") if mf and mf.is_file() else None
-    except (ValueError, AttributeError):
+        manifest = manifest_at(path)
+    except (DataError, OSError):  # the readers report an unusable manifest; the size is only a check
         return None
+    size = manifest.get("options", {}).get("size") if isinstance(manifest, dict) and isinstance(
+        manifest.get("options"), dict) else None
     return size if isinstance(size, int) and size > 0 else None
 
 
 def expected_samples(path, urls: list[str]) -> dict:
     """url -> the sample count its manifest states (a shard folder's manifest; {} otherwise)."""
-    if isinstance(path, (list, tuple)) or not (Path(path) / "manifest.json").is_file():
+    manifest = manifest_at(path)
+    if manifest is None:
         return {}
-    listed = {str(Path(path) / s["name"]): s.get("samples", 0) for s in read_manifest(path)["shards"]}
+    join = urls_mod.join if urls_mod.is_url(path) else (lambda base, name: str(urls_mod.local(base) / name))
+    listed = {join(path, s["name"]): s.get("samples", 0) for s in manifest["shards"]}
     return {u: listed[u] for u in urls if u in listed}
 
 
@@ -191,6 +228,7 @@ def tar_samples(sources, handler=None, expected: dict | None = None):
     expected = expected or {}
     for source in sources:
         url = source["url"] if isinstance(source, dict) else str(source)
+        shown = urls_mod.redact(url)  # what messages and samples carry: no credentials or signatures
         current, read = None, 0
         try:
             for name, problem, data in tarstream.members(url):
@@ -200,7 +238,7 @@ def tar_samples(sources, handler=None, expected: dict | None = None):
                         handler.seen += 1
                         read += 1
                         yield current
-                    current = {"__key__": key, "__url__": url}
+                    current = {"__key__": key, "__url__": shown}
                 if problem is not None:
                     what = problem if problem.startswith("a member of") else f"not a regular file ({problem})"
                     current.setdefault("__problems__", []).append(f"member {name!r} is {what}")
@@ -212,11 +250,16 @@ def tar_samples(sources, handler=None, expected: dict | None = None):
                 handler.seen += 1
                 yield current
         except (tarfile.TarError, OSError, EOFError) as e:
-            # the sample being read when the shard broke off is lost too
+            if isinstance(e, urls_mod.CommandFailed) and current is not None:  # the tar ended whole, then its
+                handler.seen += 1  # command failed: the last sample is complete, the failure is still reported
+                read += 1
+                yield current
+                what = "was read to its end, but"
+            else:  # the sample being read when the shard broke off is lost too
+                what = "is not a readable tar" if current is None else f"breaks off after sample {current['__key__']}"
             lost = max(1, expected.get(url, 0) - read)
             handler.seen += lost
-            what = "is not a readable tar" if current is None else f"breaks off after sample {current['__key__']}"
-            if not handler(SampleError("unreadable_shard", f"{url} {what} ({type(e).__name__}: {e}); the samples "
+            if not handler(SampleError("unreadable_shard", f"{shown} {what} ({type(e).__name__}: {e}); the samples "
                                                            f"read before it are kept, {lost} lost", lost)):
                 return
 

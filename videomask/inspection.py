@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import urls
 from .errors import DataError, VideomaskError
 
 
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m videomask.inspection", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("shards", nargs="?", type=Path, help="scored shards (python -m videomask.scoring.score's output)")
+    p.add_argument("shards", nargs="?", type=urls.location, help="scored shards (python -m videomask.scoring.score's output; a folder "
+                   "or a URL: videomask.urls)")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--key", help="sample key (default: the --index-th sample)")
     p.add_argument("--index", type=int, default=0)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data, masking
+from . import data, masking, urls
 from .collate import batch_word_ids, sample_generator
 from .errors import DataError, VideomaskError
 from .model import TextMLM, load_run, load_tokenizer
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m videomask.probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a finished training run (model.safetensors + model_config.json)")
-    p.add_argument("shards", type=Path, help="target shards with a held-out split")
+    p.add_argument("shards", type=urls.location, help="target shards with a held-out split (a folder or a URL: videomask.urls)")
     p.add_argument("--split", default="test")
     p.add_argument("--anchors", type=Path, help="anchors.json: report anchor words apart from the others")
     p.add_argument("--ratio", type=float, default=0.15, help="share of word tokens masked (default 0.15)")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Iterator
 
+from . import urls
+
 BLOCK = 512
 #: the largest member read into memory (a frame, a transcript, a score grid: megabytes); a header that claims more
 #: is refused by name and its data skipped, never allocated
@@ -26,9 +28,9 @@ COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
 def members(path) -> Iterator[tuple[str, str | None, bytes | None]]:
-    """``(name, problem, data)`` of each member of the tar at ``path``: ``problem`` None and ``data`` its bytes
+    """``(name, problem, data)`` of each member of the tar at ``path`` (a path or a ``videomask.urls`` URL): ``problem`` None and ``data`` its bytes
     for a regular file; otherwise what the member is (``"symbolic link"`` ...) and None."""
-    with open(path, "rb") as f:
+    with urls.open_read(path) as f:  # a local file, or a stream (pipe:, http(s)://, s3:// ...)
         if f.peek(6)[:6].startswith(COMPRESSED):
             yield from _with_tarfile(f)
         else:

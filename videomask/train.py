@@ -29,7 +29,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import anchors as anchors_mod
-from . import data, engine, masking
+from . import data, engine, masking, urls
 from .collate import MaskingCollator
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
 from .engine import LoopState, all_ranks_true, to_device
@@ -75,14 +75,14 @@ def check_data(cfg: TrainConfig, collate) -> None:
                                ("data.val", cfg.data.val or cfg.data.train, cfg.data.val_split)):
         if key == "data.val" and not split:
             continue
-        if not Path(folder).exists():
+        if not urls.is_url(folder) and not Path(folder).exists():
             raise ConfigError(f"{key}={folder}: no such folder")
         try:
-            urls = data.shard_urls(folder, split or None)
+            shards = data.shard_urls(folder, split or None)
         except FileNotFoundError as e:
             raise ConfigError(f"{key}={folder}: {e}") from None
         # the first usable sample (unusable ones are the loader's to skip and count, not a reason to refuse)
-        first = next(iter(data.dataset(urls, split_by_node=False, handler=data.ErrorCounter(verbose=False))), None)
+        first = next(iter(data.dataset(shards, split_by_node=False, handler=data.ErrorCounter(verbose=False))), None)
         if first is not None:
             try:
                 collate.check(first)

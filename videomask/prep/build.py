@@ -37,10 +37,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .. import urls
 from ..errors import ConfigError, VideomaskError
 from ..files import FolderLock, die_with_parent, sha256_of, write_manifest
 from .cutting import BuildOptions, encode_frames, process
 from .inputs import discover, partition_of
+from .v2d_shards import with_videos
 
 JOURNAL_DIR = ".build"
 
@@ -195,7 +197,11 @@ def build(src: Path, out: Path, opts: BuildOptions = BuildOptions(), workers: in
     ``if __name__ == "__main__":`` (Python's rule for spawn), or its workers re-run the script."""
     if not 0 <= partition < num_partitions:
         raise ConfigError(f"--partition {partition} must be in [0, --num-partitions {num_partitions})")
-    src, out = Path(src), Path(out)
+    src = urls.location(str(src))  # a local path, or a URL of video2dataset shards
+    out, publish_to = urls.remote_out(out)  # OUTPUT in a bucket: built in a local staging folder, then published
+    if publish_to and num_partitions > 1:
+        raise ConfigError(f"OUTPUT {urls.redact(publish_to)}: a job array builds into a folder its tasks share "
+                          "(then merge); publish that folder afterwards")
     for folder in (out, *out.parents):  # the first that exists must be a folder
         if folder.exists():
             if not folder.is_dir():
@@ -204,12 +210,16 @@ def build(src: Path, out: Path, opts: BuildOptions = BuildOptions(), workers: in
     if num_partitions > 1:
         out = out / f"part-{partition:05d}"
     with FolderLock(out, "videomask build"):
-        return _build(src, out, opts, workers, num_partitions, partition, overwrite, progress)
+        manifest = _build(src, out, opts, workers, num_partitions, partition, overwrite, progress)
+        if publish_to:
+            print(f"publishing {out} -> {urls.redact(publish_to)}", file=sys.stderr)
+            urls.publish(out, publish_to, manifest)
+        return manifest
 
 
 def _build(src: Path, out: Path, opts: BuildOptions, workers: int, num_partitions: int, partition: int,
            overwrite: bool, progress: bool) -> dict:
-    opts_id = {"input": str(src.resolve()), "num_partitions": num_partitions, "partition": partition, **asdict(opts)}
+    opts_id = {"input": urls.redact(src) if urls.is_url(src) else str(src.resolve()), "num_partitions": num_partitions, "partition": partition, **asdict(opts)}
     if (out / "manifest.json").exists() and not overwrite:
         manifest = json.loads((out / "manifest.json").read_text())
         if manifest["options"] == opts_id:
@@ -218,8 +228,10 @@ def _build(src: Path, out: Path, opts: BuildOptions, workers: int, num_partition
     journal = Journal(out, opts_id, overwrite)
 
     inputs, discover_errors = discover(src, opts.split, opts.kind, opts.text_field)
-    if num_partitions > 1:
+    if num_partitions > 1:  # an error of one input goes with that input's partition; one of the whole input to 0
         inputs = [i for i in inputs if partition_of(i.id, num_partitions) == partition]
+        discover_errors = [e for e in discover_errors if (partition_of(e["id"], num_partitions) if "id" in e
+                                                          else 0) == partition]
     for e in discover_errors:
         journal.add_error(e)
     cursors = journal.cursors()
@@ -232,7 +244,9 @@ def _build(src: Path, out: Path, opts: BuildOptions, workers: int, num_partition
         return cur is None or index >= cur[0]
 
     pending = [(k, inp) for k, inp in enumerate(inputs) if todo(k, inp)]
-    for (k, inp), (samples, errors) in tqdm(zip(pending, _results([p[1] for p in pending], opts, workers)),
+    # inputs inside shards (video2dataset) get their video's bytes here, each shard streamed once, in order
+    work = with_videos(p[1] for p in pending)
+    for (k, inp), (samples, errors) in tqdm(zip(pending, _results(work, opts, workers)),
                                             total=len(pending), disable=not progress, desc="build", unit="input"):
         for e in errors:
             journal.add_error(e)
@@ -320,8 +334,10 @@ def summary(manifest: dict, out: Path) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m videomask.prep.build", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", type=Path, help="folder, manifest (.csv/.jsonl) or text corpus (.txt/.jsonl)")
-    p.add_argument("output", type=Path, help="folder for shards, manifest.json and errors.jsonl")
+    p.add_argument("input", type=urls.location, help="folder, manifest (.csv/.jsonl), text corpus (.txt/.jsonl), or "
+                   "video2dataset shards (a folder, a .tar or a URL: s3://bucket/v2d, 'https://host/{00000..00009}.tar')")
+    p.add_argument("output", type=urls.location, help="folder for shards, manifest.json and errors.jsonl, or an "
+                   "fsspec URL (s3://bucket/shards): built in a local staging folder, then uploaded, manifest last")
     helps = {"frames": "frames sampled uniformly per clip (T)", "size": "frame side after resize + centre crop (S)",
              "clip_seconds": "clip length in seconds", "clip_mode": "fixed windows, or whole transcript segments",
              "min_clip_fraction": "shortest accepted video, as a fraction of --clip-seconds",
@@ -374,7 +390,7 @@ def main(argv=None) -> int:
     except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = a.output / f"part-{a.partition:05d}" if a.num_partitions > 1 else a.output
+    out = Path(a.output) / f"part-{a.partition:05d}" if a.num_partitions > 1 else urls.redact(a.output)
     print(summary(manifest, out))
     if not manifest["shards"]:
         print("error: nothing was written; see errors.jsonl", file=sys.stderr)

@@ -110,8 +110,12 @@ def process(inp: Input, opts: BuildOptions, encode: bool = True):
         meta = {"key": sanitize(inp.id), "source": inp.source, "split": inp.split, "words": text_words(inp.text),
                 **inp.extra}
         return [{"__key__": meta["key"], "txt": inp.text.encode(), "json": json.dumps(meta).encode()}], []
+    if inp.member is not None:  # a video inside a shard (video2dataset): decoded from a temporary file
+        return _from_member(inp, opts, encode)
     cues, timed, encoding, problems = [], False, "utf-8", []
-    if inp.transcript is None:
+    if inp.cues is not None or inp.caption is not None:  # given with the input (subtitles, a caption)
+        cues, timed = inp.cues or [], inp.cues is not None
+    elif inp.transcript is None:
         if opts.missing_transcript == "reject":
             problems.append("no transcript with the same stem (.srt/.vtt/.json/.txt); use --missing-transcript "
                             "keep to keep it with empty text")
@@ -155,12 +159,16 @@ def process(inp: Input, opts: BuildOptions, encode: bool = True):
         except VideoError as e:
             errors.append(_err(inp, str(e), clip=c))
             continue
-        text, clip_words = clip_text(cues, words, t0, t1)
+        if inp.caption is not None:  # a caption describes the whole video: every clip carries all of it
+            text, clip_words = inp.caption, text_words(inp.caption)
+        else:
+            text, clip_words = clip_text(cues, words, t0, t1)
         key = f"{sanitize(inp.id)}_{c:04d}"
         meta = {"key": key, "source": inp.source, "video_id": inp.id, "clip": c, "start": round(t0, 3),
                 "end": round(t1, 3), "fps": info.fps, "width": info.width, "height": info.height, "split": inp.split,
                 "frame_indices": indices, "frame_times": [round(i / info.fps, 3) for i in indices],
-                "timing": ("words" if any(cu.words for cu in cues) else "cues") if timed else (
+                "timing": "caption" if inp.caption is not None else ("words" if any(cu.words for cu in cues)
+                                                                      else "cues") if timed else (
                     "untimed" if cues else "none"),
                 "words": clip_words, **({"transcript_encoding": encoding} if encoding != "utf-8" else {}),
                 **({"transcript_overlapping_cues": overlaps} if overlaps else {}), **inp.extra}
@@ -171,6 +179,36 @@ def process(inp: Input, opts: BuildOptions, encode: bool = True):
     if not samples:
         errors.append(_err(inp, "no clip of this video could be decoded (see the clip errors)"))
     return encode_frames((samples, errors), opts) if encode else (samples, errors)
+
+
+def _from_member(inp: Input, opts: BuildOptions, encode: bool):
+    """``process`` for a video given as bytes (``inp.data``): the container is sniffed (a member's name need not
+    match it), written to a temporary file for the decoders, and removed afterwards."""
+    import dataclasses
+    import os
+    import tempfile
+
+    from .v2d_shards import sniff
+
+    if inp.data is None:
+        return [], [_err(inp, inp.problem or "its video member could not be read")]
+    ext = sniff(inp.data)
+    if ext is None:
+        head = inp.data[:16]
+        return [], [_err(inp, f"video member {inp.member[1]!r} ({len(inp.data):,} bytes) is not a video container "
+                              f"(starts with {head!r}): an error page saved as a video?")]
+    fd, path = tempfile.mkstemp(suffix=ext, prefix="videomask-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(inp.data)
+        extra = {**inp.extra, "video2dataset": {**inp.extra.get("video2dataset", {}), "container": ext[1:]}}
+        samples, errors = process(dataclasses.replace(inp, member=None, data=None, video=path, extra=extra), opts,
+                                  encode)
+    finally:
+        os.unlink(path)
+    for e in errors:  # name the member, not the temporary file
+        e["reason"] = e["reason"].replace(path, f"{inp.member[1]} ({ext[1:]})")
+    return samples, errors
 
 
 def encode_frames(result, opts: BuildOptions, batched: bool = False):

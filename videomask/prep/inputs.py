@@ -19,6 +19,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import urls
 from ..errors import DataError, MissingError
 from ..files import loads_json
 from .transcripts import MAX_CORPUS_BYTES, TRANSCRIPT_EXTS, read_bytes, read_text
@@ -45,6 +46,13 @@ class Input:
     extra: dict = field(default_factory=dict)  # labels / QA fields carried into the metadata
     window: tuple[float, float] | None = None  # one clip of exactly this span instead of cutting the video
     fps: float | None = None  # of a video given as a folder of frames
+    # a video inside a shard (video2dataset's output: prep.v2d_shards): (shard URL, member name); its bytes are
+    # attached as ``data`` just before decoding (or ``problem`` says why they could not be read)
+    member: tuple[str, str] | None = None
+    data: bytes | None = None
+    problem: str | None = None
+    cues: list | None = None  # a transcript given as cues (timed subtitles from the metadata)
+    caption: str | None = None  # a caption of the whole video: the text of every clip
 
 
 def sanitize(name: str) -> str:
@@ -257,19 +265,35 @@ def _window(row: dict) -> tuple[float, float] | None:
     return start, end
 
 
-def discover(src: Path, default_split="train", kind="auto", text_field="text"):
-    """All inputs under ``src`` (folder, manifest, or single corpus file), sorted, with unique keys."""
+def discover(src, default_split="train", kind="auto", text_field="text"):
+    """All inputs under ``src`` (folder, manifest, single corpus file, or video2dataset shards: a local folder or
+    ``.tar``, or a ``videomask.urls`` URL), sorted, with unique keys."""
+    from . import v2d_shards
+
+    if urls.is_url(src):
+        if not v2d_shards.detect(src):
+            raise DataError(f"{urls.redact(src)}: a URL input must hold video2dataset shards (KEY.mp4 + KEY.json with "
+                            "'status' and 'key'); other inputs are read from local files")
+        inputs, errors = v2d_shards.discover(src, default_split)
+        return _unique(inputs, errors)
     src = Path(src)
     if not src.exists():
         raise MissingError(f"{src}: no such file or folder")
-    if src.is_dir():
+    if (src.is_dir() or src.suffix == ".tar") and kind != "text" and v2d_shards.detect(src):
+        inputs, errors = v2d_shards.discover(src, default_split)
+    elif src.is_dir():
         inputs, errors = scan_folder(src, default_split, kind, text_field)
     elif src.suffix.lower() == ".csv" or (src.suffix.lower() == ".jsonl" and kind != "text" and _is_video_manifest(src)):
         inputs, errors = read_manifest(src, default_split, text_field)
     elif src.suffix.lower() in (".txt", ".jsonl"):
         inputs, errors = read_corpus(src, src.parent, default_split, text_field)
     else:
-        raise DataError(f"{src}: expected a folder, a manifest (.csv/.jsonl) or a text corpus (.txt/.jsonl)")
+        raise DataError(f"{src}: expected a folder, a manifest (.csv/.jsonl), a text corpus (.txt/.jsonl) or "
+                        "video2dataset shards")
+    return _unique(inputs, errors)
+
+
+def _unique(inputs, errors):
     # one key per input: clashes after sanitising are rejected, never overwritten
     seen, unique = {}, []
     for inp in inputs:

@@ -64,6 +64,7 @@ from ..data import (
     stated_frame_size,
     tar_samples,
 )
+from .. import urls
 from ..errors import MissingError, VideomaskError
 from ..files import FolderLock, LockedError, atomic_write, sha256_of, write_manifest
 from ..prep.inputs import partition_of
@@ -223,7 +224,7 @@ def _finish(out: Path, manifest: dict, shards: list[dict], info: dict, src: Path
     for tmp in out.glob("**/*.tar.tmp"):  # left by a rank killed mid-shard, in a run finished since
         tmp.unlink()
     extra = {"score_partition": partition} if partition else {}
-    return write_manifest(out, {**manifest, "shards": records, "scores": info, "scored_from": str(src),
+    return write_manifest(out, {**manifest, "shards": records, "scores": info, "scored_from": urls.redact(src),
                                 "score_errors": len(errors), "anchors": words, **extra}, errors)
 
 
@@ -277,7 +278,12 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
     ``text_encoder`` is given); either may be a loaded scorer, to score several folders with one model.
     ``options``: the fields of ``ScoreOptions``. Under ``torchrun`` the ranks share the job's shards."""
     opts = ScoreOptions(**options)
-    job = plan_job(Path(src), Path(out), anchors_path, clip, text_encoder, opts)
+    out, publish_to = urls.remote_out(out)  # OUT in a bucket: scored in a local staging folder, then published
+    if publish_to and (opts.num_partitions > 1 or os.environ.get("LOCAL_WORLD_SIZE", "1")
+                       != os.environ.get("WORLD_SIZE", "1")):
+        raise ScoringError(f"OUT {urls.redact(publish_to)}: a job array or a multi-node job scores into a folder all "
+                           "its tasks share (then merge); publish that folder afterwards")
+    job = plan_job(urls.location(str(src)), out, anchors_path, clip, text_encoder, opts)
     lock, problem = None, None
     if job.rank == 0:  # a second scoring into OUT is refused while this one runs (the ranks of one job share its lock)
         try:
@@ -292,7 +298,11 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
     if shared is not None:
         raise (LockedError if shared[0] == "LockedError" else ScoringError)(shared[1])
     try:
-        return run_job(job, opts, Path(out) / ".score-vocabulary")
+        result = run_job(job, opts, Path(out) / ".score-vocabulary")
+        if publish_to and job.rank == 0:
+            print(f"publishing {job.out} -> {urls.redact(publish_to)}", file=sys.stderr)
+            urls.publish(job.out, publish_to, result)
+        return result
     finally:
         if lock is not None:
             lock.release()
@@ -300,14 +310,15 @@ def score_shards(src: Path, out: Path, anchors_path: Path, clip: str | ClipScore
 
 def plan_job(src: Path, out: Path, anchors_path: Path, clip, text_encoder, opts: ScoreOptions) -> Job:
     """Check the input and the anchors, load the scorers, take this job's share: nothing is written."""
-    manifest_path = src / "manifest.json"
-    if not manifest_path.exists():
+    remote = urls.is_url(src)  # shards in a bucket or on a server: read as streams, written to a local OUT
+    manifest_path = urls.join(src, "manifest.json") if remote else src / "manifest.json"
+    if not remote and not manifest_path.exists():
         raise MissingError(f"{src}: no manifest.json (is this a folder of videomask shards?)")
     manifest = read_manifest(src)
     if not manifest["shards"]:
         raise ScoringError(f"{src}: the manifest lists no shards")
     anchors = anchors_mod.load(anchors_path)
-    if out.resolve() == src.resolve():
+    if not remote and out.resolve() == src.resolve():
         raise ScoringError("OUT must differ from SHARDS: scored shards are written next to, not over, the input")
     if clip is None and text_encoder is None:
         raise ScoringError("nothing to score with: give a CLIP model (--clip) or a text encoder (--text-encoder)")
@@ -323,7 +334,8 @@ def plan_job(src: Path, out: Path, anchors_path: Path, clip, text_encoder, opts:
     words = [a["word"] for a in anchors["anchors"]]
     scorer = Scorer(clip, words, anchors["hash"], opts.aggregation,
                     opts.image_prompt, opts.word_prompt, opts.batch_size, opts.rescore, words=text_encoder)
-    state_id = {**scorer.info, "input": str(src.resolve()), "input_shards": [s["sha256"] for s in manifest["shards"]]}
+    state_id = {**scorer.info, "input": urls.redact(src) if remote else str(src.resolve()),
+                "input_shards": [s["sha256"] for s in manifest["shards"]]}
     shards, part = list(range(len(manifest["shards"]))), None
     if opts.num_partitions > 1:  # a stable share of the shards, by name; its own folder, merged afterwards
         shards = [i for i in shards if partition_of(manifest["shards"][i]["name"], opts.num_partitions) == opts.partition]
@@ -340,7 +352,7 @@ def run_job(job: Job, opts: ScoreOptions, vocab_cache: Path) -> dict:
     shard by its sha256, shared by the partitions of a job array and kept for reruns."""
     shards, world, rank, scorer = job.manifest["shards"], job.world, job.rank, job.scorer
     mine = job.shards[rank::world]
-    todo = [i for i in mine if not (inside(job.out, shards[i]["name"], job.src / "manifest.json").exists()
+    todo = [i for i in mine if not (inside(job.out, shards[i]["name"], job.out / "manifest.json").exists()
                                     and _journal(job.out, shards[i]["name"]).exists())]
     if any(_gathered(world, bool(todo))):
         vocab = set().union(*_gathered(world, vocabulary(job.inputs[rank::world], shards[rank::world], vocab_cache)))
@@ -449,8 +461,10 @@ def merge(out: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m videomask.scoring.score", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("shards", type=Path, help="a folder of shards with manifest.json (videomask.prep.build's output)")
-    p.add_argument("out", type=Path, help="folder for the scored shards")
+    p.add_argument("shards", type=urls.location, help="a folder of shards with manifest.json (videomask.prep.build's "
+                   "output): local, or a URL (s3://bucket/shards, https://host/shards: videomask.urls)")
+    p.add_argument("out", type=urls.location, help="folder for the scored shards, or an fsspec URL (s3://bucket/out): "
+                   "scored in a local staging folder (VIDEOMASK_STAGING), then uploaded, manifest.json last")
     p.add_argument("--anchors", type=Path, required=True, help="anchors.json from python -m videomask.anchors")
     p.add_argument("--clip", default=None, help="open_clip model name (ViT-B-32) or local-dir:PATH: scores patches, "
                    "and words unless --text-encoder is given")
@@ -512,7 +526,7 @@ def main(argv=None) -> int:
         if torch.distributed.is_available() and torch.distributed.is_initialized():  # the group _process_group made
             torch.distributed.destroy_process_group()
     n = sum(s["samples"] for s in r["shards"])
-    where = a.out / f"part-{a.partition:05d}" if a.num_partitions > 1 else a.out
+    where = Path(a.out) / f"part-{a.partition:05d}" if a.num_partitions > 1 else urls.redact(a.out)
     if int(os.environ.get("RANK", "0")) == 0:
         t = r["timing"]
         busy = (f"; {t['seconds']:.1f} s, {t['data_wait_seconds'] / t['seconds']:.0%} waiting for data"

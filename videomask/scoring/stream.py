@@ -29,6 +29,8 @@ from ..data import (
     sample_geometry,
     tar_samples,
 )
+from .. import tarstream, urls
+from ..files import loads_json
 from ..jpeg import decode_frames
 
 
@@ -70,6 +72,8 @@ def vocabulary(paths: list[Path], shards: list[dict] | None = None, cache: Path 
 def _shard_words(path: Path) -> tuple[set[str], bool, int]:
     """(words, whether the shard was read to its end, its ``.json`` members)."""
     words, n_json = set(), 0
+    if urls.is_url(str(path)):  # a stream cannot seek: every member is read
+        return _streamed_words(str(path))
     try:
         with tarfile.open(path, mode="r:") as tar:  # random access: seeks past the frames' data
             for m in tar:
@@ -80,6 +84,22 @@ def _shard_words(path: Path) -> tuple[set[str], bool, int]:
                         words.update(w["w"].lower() for w in meta.get("words", []) if isinstance(w.get("w"), str))
                     except (ValueError, AttributeError, TypeError, RecursionError):  # the scoring pass reports it
                         continue
+    except (tarfile.TarError, OSError, EOFError):
+        return words, False, n_json
+    return words, True, n_json
+
+
+def _streamed_words(url: str) -> tuple[set[str], bool, int]:
+    words, n_json = set(), 0
+    try:
+        for name, problem, data in tarstream.members(url):
+            if problem is None and name.endswith(".json"):
+                n_json += 1
+                try:
+                    meta = loads_json(data)
+                    words.update(w["w"].lower() for w in meta.get("words", []) if isinstance(w.get("w"), str))
+                except (ValueError, AttributeError, TypeError):  # the scoring pass reports it
+                    continue
     except (tarfile.TarError, OSError, EOFError):
         return words, False, n_json
     return words, True, n_json
@@ -102,7 +122,7 @@ class ShardChunks(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for i, (name, path) in enumerate(self.shards):
             if i % workers == worker:
-                yield from self.chunks(name, Path(path))
+                yield from self.chunks(name, path)
 
     def chunks(self, name: str, path: Path):
         handler = ErrorCounter(strict=False, verbose=False)
@@ -114,11 +134,11 @@ class ShardChunks(torch.utils.data.IterableDataset):
                 size, grid = sample_geometry(s, size, grid)
                 meta = s["json"]
                 if "scores" in meta and not self.rescore:
-                    raise FatalInput(f"{path}: sample {key} is already scored (anchors "
+                    raise FatalInput(f"{urls.redact(path)}: sample {key} is already scored (anchors "
                                      f"{meta['scores'].get('anchors_hash')}); pass --rescore to replace its scores")
                 names = frame_names(s)
                 if names and not self.have_clip:
-                    raise FatalInput(f"{path}: sample {key} has frames, and patch scores need a CLIP model: give "
+                    raise FatalInput(f"{urls.redact(path)}: sample {key} has frames, and patch scores need a CLIP model: give "
                                      "--clip as well as --text-encoder")
                 frames = decode_frames([s[n] for n in names]) if names else None
             except FatalInput as e:
@@ -156,7 +176,7 @@ class ShardChunks(torch.utils.data.IterableDataset):
 
 
 def _error(path, key, reason):
-    return {"source": str(path), "key": key, "stage": "score", "reason": reason}
+    return {"source": urls.redact(path), "key": key, "stage": "score", "reason": reason}
 
 
 def as_is(item):
