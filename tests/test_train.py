@@ -171,8 +171,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(scored_shards, tiny_anch
                           *common(scored_shards, tiny_anchors, out, "optim.max_steps=100000")],
                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and
-                                          (out / "metrics.jsonl").read_text().count("\n") >= 3):
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and  # 3 steps logged (not epoch lines)
+                                          (out / "metrics.jsonl").read_text().count('"loss"') >= 3):
         time.sleep(0.2)
     p.send_signal(signal.SIGTERM)
     stdout, stderr = p.communicate(timeout=120)

@@ -85,7 +85,9 @@ class RunConfig:
     out: str = "runs/train"  # the run folder
     seed: int = 0  # seed of initialisation, data order and dropout
     device: str = "auto"  # auto: CUDA when available
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
+    # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / bf16_params (bf16 weights, fp32 masters in the
+    # optimiser: no per-step casts of the weights; videomask.precision)
+    precision: str = "auto"
     log_every: int = 10  # steps between logged metrics
     val_every: int = 0  # steps; 0 = only at the end (when a validation split is set)
     val_batches: int = 20  # batches per validation pass
@@ -94,12 +96,18 @@ class RunConfig:
     overwrite: bool = False  # replace a different run in OUT
     stop_after: int = 0  # stop (with a checkpoint) after this many steps in this invocation: time-limited jobs
     parallel: str = "ddp"  # several processes: "ddp" (replicas), or "fsdp" (shards parameters, grads, optimizer)
+    backend: str = "auto"  # several processes: auto (nccl on CUDA, gloo on CPU), nccl or gloo (several ranks on one GPU)
 
     def __post_init__(self):
+        if self.backend not in ("auto", "nccl", "gloo"):
+            raise ConfigError(f"run.backend must be auto, nccl or gloo, got {self.backend!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ConfigError(f"run.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"run.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "bf16_params"):
+            raise ConfigError(f"run.precision must be auto, fp32, bf16 or bf16_params, got {self.precision!r}")
+        if self.precision == "bf16_params" and self.parallel == "fsdp":
+            raise ConfigError("run.precision=bf16_params is for one process or DDP; with run.parallel=fsdp use "
+                              "run.precision=bf16")
         if self.resume not in ("", "auto"):
             raise ConfigError(f"run.resume must be '' or 'auto', got {self.resume!r}")
         bad = [f"run.{k}={getattr(self, k)}" for k, least in (("log_every", 1), ("val_every", 0), ("val_batches", 1),

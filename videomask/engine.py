@@ -28,9 +28,12 @@ def setup_distributed(run):
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     cuda = torch.cuda.is_available() and run.device in ("auto", "cuda")
-    device = torch.device(f"cuda:{local}" if cuda else "cpu" if run.device == "auto" else run.device)
+    # more ranks than GPUs on a node (a check on one GPU) share them round robin; nccl refuses that, gloo does not
+    device = torch.device(f"cuda:{local % torch.cuda.device_count()}" if cuda else "cpu" if run.device == "auto"
+                          else run.device)
     if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = run.backend if run.backend != "auto" else "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return rank, world, device
@@ -44,7 +47,7 @@ def teardown(world: int):
 
 def autocast(run, device):
     """bf16 autocast on CUDA (``run.precision=auto``) or when asked; fp32 otherwise."""
-    bf16 = run.precision == "bf16" or (run.precision == "auto" and device.type == "cuda")
+    bf16 = run.precision in ("bf16", "bf16_params") or (run.precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
@@ -128,7 +131,7 @@ def resume_state(out: Path, cfg, ckpt: str) -> Optional[dict]:
 # -- run folders and checkpoints ------------------------------------------------------------------
 #: what may differ between invocations of one run: how it is invoked, and where its folder is (a moved folder or a
 #: relative spelling of an absolute run.out is the same run)
-INVOCATION_KEYS = ("resume", "overwrite", "stop_after", "out")
+INVOCATION_KEYS = ("resume", "overwrite", "stop_after", "out", "backend")
 
 
 def comparable(yaml_text: str) -> dict:

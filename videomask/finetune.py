@@ -101,6 +101,9 @@ class FinetuneConfig:
             raise ConfigError("epochs, batch_size, patience >= 1, lr > 0 and head_lr >= 0")
         if self.run.parallel != "ddp":
             raise ConfigError("fine-tuning runs with run.parallel=ddp (the encoders fit one device)")
+        if self.run.precision == "bf16_params":
+            raise ConfigError("run.precision=bf16_params is for continued pretraining; fine-tuning takes auto, fp32 "
+                              "or bf16")
 
 
 def load_config(files=(), overrides=()) -> FinetuneConfig:

@@ -59,6 +59,10 @@ class ModelConfig:
     max_frames: int = 16  # most frames per clip (frame-time embeddings)
     dropout: float = 0.1  # of a text model built from scratch (a pretrained one keeps its own)
     visual_loss: str = "infonce"  # or "regression"
+    # how the ViT's patch embedding (a convolution whose kernel is its stride) is computed: "conv", or "linear", the
+    # same weights applied as a reshape + matrix product (on GPUs in bf16 the convolution's kernels were 11% of a
+    # step; the two agree to float rounding, not bit for bit)
+    patch_embed: str = "conv"
     # a finished run (its model.safetensors + model_config.json) whose weights this model starts from: the
     # base model pretrained on the general domain, which continued pretraining continues (docs/method.md §1)
     init: str = ""
@@ -66,6 +70,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.kind not in ("video", "text"):
             raise ValueError(f"model.kind must be 'video' or 'text', got {self.kind!r}")
+        if self.patch_embed not in ("conv", "linear"):
+            raise ConfigError(f"model.patch_embed must be 'conv' or 'linear', got {self.patch_embed!r}")
         if self.visual_loss not in ("infonce", "regression"):
             raise ValueError(f"model.visual_loss must be 'infonce' or 'regression', got {self.visual_loss!r}")
         sizes = ("image_size", "patch_size", "vision_width", "vision_layers", "hidden", "layers", "heads",
@@ -206,7 +212,8 @@ class VideoLanguageModel(nn.Module):
     def patch_features(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """[N, 3, H, W] -> [N, P, width]; ``mask`` [N, P] replaces patch embeddings by the mask token."""
         v = self.visual
-        x = v.conv1(pixels).flatten(2).transpose(1, 2)  # [N, P, width]
+        x = embed_patches(v.conv1, pixels) if self.cfg.patch_embed == "linear" else \
+            v.conv1(pixels).flatten(2).transpose(1, 2)  # [N, P, width]
         if mask is not None:
             x = torch.where(mask[..., None], self.patch_mask_token.to(x.dtype), x)
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -299,6 +306,15 @@ class VideoLanguageModel(nn.Module):
         return result
 
 
+def embed_patches(conv: nn.Conv2d, pixels: torch.Tensor) -> torch.Tensor:
+    """``conv(pixels).flatten(2).transpose(1, 2)`` for a convolution whose kernel is its stride (a ViT's patch
+    embedding), as one matrix product over the patches: [N, C, H, W] -> [N, P, width]."""
+    n, c, h, w = pixels.shape
+    p = conv.kernel_size[0]
+    x = pixels.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // p) * (w // p), c * p * p)
+    return F.linear(x, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+
+
 def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All processes' rows of ``x`` (no gradient: used for stop-gradient targets), and where ours start."""
     import torch.distributed as dist
@@ -356,7 +372,7 @@ class TextMLM(nn.Module):
 
 
 #: fields that may differ between a run and the run it starts from (they do not change the weights' shapes)
-INIT_FREE = ("init", "dropout", "preset")
+INIT_FREE = ("init", "dropout", "preset", "patch_embed")
 
 
 def init_run(cfg: ModelConfig) -> Path | None:

@@ -36,12 +36,15 @@ from .model import TextMLM, load_run, load_tokenizer
 
 
 def _logits(model, ids, attn, frames=None) -> torch.Tensor:
-    """MLM logits over the text positions [B, L, V], frames (if any) visible and unmasked."""
+    """MLM logits over the text positions [B, L, V] (on the CPU), frames (if any) visible and unmasked."""
+    dev = next(model.parameters()).device
+    ids, attn = ids.to(dev), attn.to(dev)
     if isinstance(model, TextMLM):
-        return model.mlm(input_ids=ids, attention_mask=attn).logits
-    fv = None if frames is None else torch.ones(frames.shape[:2], dtype=torch.bool)
+        return model.mlm(input_ids=ids, attention_mask=attn).logits.cpu()
+    frames = None if frames is None else frames.to(dev)
+    fv = None if frames is None else torch.ones(frames.shape[:2], dtype=torch.bool, device=dev)
     out, _ = model.joint(ids, attn, frames, fv)
-    return model.head(out[:, :ids.shape[1]])
+    return model.head(out[:, :ids.shape[1]]).cpu()
 
 
 def _frames(samples):
@@ -116,16 +119,19 @@ def summary(items: list[dict]) -> dict:
 
 
 def probe(run, shards, split: str = "test", anchors=None, ratio: float = 0.15, seed: int = 0, batch_size: int = 16,
-          max_len: int = 64, out=None, progress: bool = False) -> dict:
-    """Run both measures on ``split`` of ``shards`` with the model of ``run``; see the module docstring."""
+          max_len: int = 64, out=None, progress: bool = False, device: str = "cpu") -> dict:
+    """Run both measures on ``split`` of ``shards`` with the model of ``run``; see the module docstring.
+    ``device``: ``cpu``, ``cuda``, or ``auto`` (CUDA when available); fp32 either way."""
     run = Path(run)
     try:
         urls = data.shard_urls(shards, split)
     except FileNotFoundError:
         raise DataError(f"{shards}: no {split!r} split to probe on (the probe reads held-out target "
                          "samples: build the shards with a test or val split)") from None
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          "cpu" if device == "auto" else device)
     model, cfg = load_run(run)
-    model.eval()
+    model.to(device).eval()
     tok = load_tokenizer(cfg)
     anchor_words = set()
     if anchors:
@@ -166,10 +172,12 @@ def main(argv=None) -> int:
     p.add_argument("--ratio", type=float, default=0.15, help="share of word tokens masked (default 0.15)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA when available)")
     p.add_argument("--out", type=Path, help="default: RUN/probe_SPLIT.json")
     a = p.parse_args(argv)
     try:
-        r = probe(a.run, a.shards, a.split, a.anchors, a.ratio, a.seed, a.batch_size, out=a.out, progress=True)
+        r = probe(a.run, a.shards, a.split, a.anchors, a.ratio, a.seed, a.batch_size, out=a.out, progress=True,
+                  device=a.device)
     except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from . import anchors as anchors_mod
 from . import data, engine, masking, urls
 from .collate import MaskingCollator
+from .precision import MasterWeights
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
 from .engine import LoopState, all_ranks_true, to_device
 from .files import FolderLock
@@ -107,8 +108,15 @@ def make_optimizer(model, cfg: TrainConfig):
     o = cfg.optim
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay,
-                            "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def adamw(groups):
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+
+    if cfg.run.precision == "bf16_params":  # the model turns bf16, the optimiser keeps fp32 masters
+        opt = MasterWeights(model, groups, adamw)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt.opt, lr_lambda(cfg))
+    opt = adamw(groups)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
 
@@ -227,8 +235,9 @@ def optimizer_step(run: Run, batches, state: LoopState, autocast) -> dict:
         (r["loss"] / o.grad_accum).backward()
         for k, v in engine.metrics_values(r).items():
             logs[k] = logs.get(k, 0.0) + v / o.grad_accum
-    if o.clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), o.clip)
+    if o.clip > 0:  # with bf16 parameters, on the fp32 masters' copies of the gradients
+        params = run.opt.master_grads() if isinstance(run.opt, MasterWeights) else run.model.parameters()
+        norm = torch.nn.utils.clip_grad_norm_(params, o.clip)
         logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     run.opt.step()
     run.sched.step()
@@ -383,6 +392,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
     finished = state.step >= o.max_steps
     if finished:  # the verdict on what was read, whether or not an epoch ended: the same for any optim.max_steps
         skip_check(run, loader, state, finished=True)
+        if isinstance(opt, MasterWeights):  # the exported weights are the fp32 masters
+            opt.to_fp32(raw_model)
         export(raw_model, opt, cfg, out, rank, fsdp, tokenizer)
     engine.teardown(world)
     if rank == 0:

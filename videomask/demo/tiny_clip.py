@@ -118,33 +118,34 @@ def soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.T
 
 
 def fit(world_dir: Path, out: Path, image_size: int = 128, steps: int = 300, batch_size: int = 64, lr: float = 1e-3,
-        seed: int = 0, log_every: int = 50) -> Path:
-    """Fit and save the tiny CLIP; returns ``out`` (load it as ``local-dir:{out}``)."""
+        seed: int = 0, log_every: int = 50, device: str = "cpu") -> Path:
+    """Fit and save the tiny CLIP; returns ``out`` (load it as ``local-dir:{out}``). ``device``: where it trains
+    (the sampling of batches and phrases stays on the CPU's generator, so the data are the same anywhere)."""
     import open_clip
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cfg = model_cfg(image_size)
-    model = open_clip.CLIP(**cfg)
+    model = open_clip.CLIP(**cfg).to(device)
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=cfg["text_cfg"]["context_length"])
     frames, cues, objects = world_pairs(world_dir, image_size, cfg["vision_cfg"]["patch_size"])
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     t0 = time.perf_counter()
     for step in range(steps):
         idx = rng.choice(len(frames), size=min(batch_size, len(frames)), replace=False)
-        patches = patch_embeddings(model, (frames[idx].float() / 255 - mean) / std)  # [B, P, D]
+        patches = patch_embeddings(model, (frames[idx].to(device).float() / 255 - mean) / std)  # [B, P, D]
         scale = model.logit_scale.exp()
         # region-phrase: each phrase against every patch of the batch; its positives are the named objects' patches
         phrases, pos = region_phrases(rng, [objects[i] for i in idx], patches.shape[1])
-        txt = F.normalize(model.encode_text(tokenizer(phrases)), dim=-1)  # [B, D]
-        loss_region = soft_cross_entropy(scale * txt @ patches.flatten(0, 1).T, pos)  # [B, B * P]
+        txt = F.normalize(model.encode_text(tokenizer(phrases).to(device)), dim=-1)  # [B, D]
+        loss_region = soft_cross_entropy(scale * txt @ patches.flatten(0, 1).T, pos.to(device))  # [B, B * P]
         # sentence: a frame matches its cue through its best patch; equal cues are all positives
         texts = [cues[i] for i in idx]
-        sent = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+        sent = F.normalize(model.encode_text(tokenizer(texts).to(device)), dim=-1)
         logits = scale * torch.einsum("bpd,cd->bcp", patches, sent).max(-1).values  # [B, B]
-        same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float)
+        same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float, device=device)
         loss_sentence = (soft_cross_entropy(logits, same) + soft_cross_entropy(logits.T, same)) / 2
         loss = loss_region + 0.5 * loss_sentence
         opt.zero_grad(set_to_none=True)
@@ -164,7 +165,7 @@ def save(model, cfg: dict, out: Path, about: dict | None = None) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), out / "open_clip_model.safetensors")
+    save_file({k: v.cpu() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
     (out / "open_clip_config.json").write_text(json.dumps(
         {"model_cfg": cfg, "preprocess_cfg": {"mean": MEAN, "std": STD}, **({"videomask": about} if about else {})},
         indent=1))
@@ -179,8 +180,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     a = p.parse_args(argv)
-    fit(a.world, a.out, a.image_size, a.steps, a.batch_size, seed=a.seed)
+    fit(a.world, a.out, a.image_size, a.steps, a.batch_size, seed=a.seed, device=a.device)
     logger.info(f"saved: local-dir:{a.out}")
 
 
