@@ -69,8 +69,15 @@ class OptimConfig:
     schedule: str = "linear"  # linear or cosine decay after warm-up
     grad_accum: int = 1  # micro-batches per optimizer step
     clip: float = 1.0  # max gradient norm; 0 = off
+    # what trains: [] everything; else "head" (the masked-LM head, without weights it shares with the encoder)
+    # and/or parameter-name prefixes (mlm.bert.encoder.layer.5); all else is frozen. Names are checked on the model
+    train: list = field(default_factory=list)
+    freeze: list = field(default_factory=list)  # frozen as well: "head" or parameter-name prefixes (visual, mlm.bert)
 
     def __post_init__(self):
+        bad = [x for x in [*self.train, *self.freeze] if not isinstance(x, str) or not x]
+        if bad:
+            raise ConfigError(f"optim.train and optim.freeze take 'head' or parameter-name prefixes, got {bad[0]!r}")
         if self.lr <= 0 or self.max_steps < 1 or self.grad_accum < 1 or self.warmup_steps < 0:
             raise ConfigError("optim.lr > 0, optim.max_steps >= 1, optim.grad_accum >= 1, optim.warmup_steps >= 0")
         if self.clip < 0 or self.weight_decay < 0 or not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1 or self.eps <= 0:

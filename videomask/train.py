@@ -29,7 +29,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import anchors as anchors_mod
-from . import data, engine, masking, urls
+from . import data, engine, freezing, masking, urls
 from .collate import MaskingCollator
 from .precision import MasterWeights
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
@@ -106,8 +106,8 @@ def lr_lambda(cfg: TrainConfig):
 def make_optimizer(model, cfg: TrainConfig):
     """AdamW (no weight decay on biases and norms) and its warm-up + decay schedule."""
     o = cfg.optim
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]  # frozen: not optimised
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def adamw(groups):
@@ -340,12 +340,17 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) -> dict:
-    out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl"))
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
-
-    model = build_model(cfg.model, len(tokenizer)).to(device)
+    model = build_model(cfg.model, len(tokenizer))
+    # what trains, checked on the model before the run folder is written (a wrong name blocks no rerun)
+    trainable, total = freezing.apply(model, cfg.optim.train, cfg.optim.freeze)
+    out = engine.prepare_run_folder(cfg, rank, run_files=(CKPT, "metrics.jsonl"))
+    if rank == 0 and trainable < total:
+        logger.info(f"training {trainable:,} of {total:,} parameters (optim.train={list(cfg.optim.train)}, "
+                    f"optim.freeze={list(cfg.optim.freeze)})")
+    model = model.to(device)
     grid = getattr(model, "grid", None)
     collate.patch_grid = (grid, grid) if grid else None
     loader = make_loader(cfg, cfg.data.train, cfg.data.train_split, collate, rank, world, train=True)
