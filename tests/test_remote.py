@@ -153,37 +153,43 @@ def test_scoring_reads_a_bucket_and_publishes_to_one(tiny_shards, tiny_anchors, 
     assert keys_and_frames("s3://bucket/scored-out") == keys_and_frames(str(tmp_path / "local"))
 
 
-def test_a_killed_upload_leaves_no_manifest_and_no_partial_shard(tiny_world, s3, tmp_path):
-    """kill -9 while a build publishes: every object there is a complete shard, and the manifest only appears
-    once all of them are; the rerun completes it."""
-    src = tiny_world / "target.jsonl"
-    out = "s3://bucket/killed"
+@pytest.mark.parametrize("job", ["build", "score"])
+def test_a_killed_upload_leaves_no_manifest_and_no_partial_shard(job, tiny_world, tiny_shards, tiny_anchors,
+                                                                 tiny_scorer, s3, tmp_path):
+    """kill -9 while a build or a scoring publishes: every object there is a complete shard, and the manifest only
+    appears once all of them are; the rerun completes it."""
+    out = f"s3://bucket/killed-{job}"
     e = {**env(), "VIDEOMASK_STAGING": str(tmp_path / "staging")}
-    cmd = [sys.executable, "-m", "videomask", "build", str(src), out, "--frames", "4", "--size", "64",
-           "--clip-seconds", "3", "--max-samples", "1", "--quiet"]
+    if job == "build":
+        cmd = [sys.executable, "-m", "videomask", "build", str(tiny_world / "target.jsonl"), out, "--frames", "4",
+               "--size", "64", "--clip-seconds", "3", "--max-samples", "1", "--quiet"]
+    else:
+        s3.put(str(tiny_shards["target"]) + "/", "bucket/to-score/", recursive=True)
+        cmd = [sys.executable, "-m", "videomask", "score", "s3://bucket/to-score", out, "--anchors", str(tiny_anchors),
+               "--clip", f"local-dir:{tiny_scorer}", "--image-prompt", "{}", "--workers", "0", "--quiet"]
+    where = out[len("s3://"):]
     p = subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
     while p.poll() is None:
-        seen = [x for x in s3.ls("bucket/killed", refresh=True)] if s3.exists("bucket/killed") else []
+        seen = [x for x in s3.ls(where, refresh=True)] if s3.exists(where) else []
         s3.invalidate_cache()
         if any(x.endswith(".tar") for x in seen):
             p.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     p.wait(60)
-    staged = urls.staging(out)
-    after_kill = s3.ls("bucket/killed", refresh=True) if s3.exists("bucket/killed") else []
+    staged = tmp_path / "staging" / urls.staging(out).name
+    after_kill = s3.ls(where, refresh=True) if s3.exists(where) else []
     if any(x.endswith("manifest.json") for x in after_kill):  # the upload had finished before the kill landed
-        manifest = json.loads(s3.cat_file("bucket/killed/manifest.json"))
-        assert {f"bucket/killed/{s['name']}" for s in manifest["shards"]} <= set(after_kill)
+        manifest = json.loads(s3.cat_file(f"{where}/manifest.json"))
+        assert {f"{where}/{s['name']}" for s in manifest["shards"]} <= set(after_kill)
     for x in after_kill:
         if x.endswith(".tar"):  # complete: the same bytes as the staged shard
-            assert s3.cat_file(x) == (Path(str(tmp_path / "staging")) / staged.name / Path(x).name).read_bytes()
+            assert s3.cat_file(x) == (staged / Path(x).name).read_bytes()
     r = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     s3.invalidate_cache()  # this process's listing of the bucket is from before the rerun
-    manifest = json.loads(s3.cat_file("bucket/killed/manifest.json"))
-    assert len(manifest["shards"]) > 2
+    manifest = json.loads(s3.cat_file(f"{where}/manifest.json"))
+    assert len(manifest["shards"]) >= 2
     assert sum(1 for _ in data.dataset(out, split_by_node=False)) == sum(s["samples"] for s in manifest["shards"])
 
 
