@@ -57,6 +57,7 @@ import hashlib
 import json
 import math
 import random
+import logging
 import sys
 from collections import Counter
 from functools import lru_cache
@@ -64,17 +65,16 @@ from pathlib import Path
 
 from . import urls
 from .errors import DataError, MissingError, VideomaskError
-from .files import loads_json
+from .prep.inputs import read_corpus
 from .prep.transcripts import (
-    MAX_CORPUS_BYTES,
     WORD_RE,
-    TranscriptError,
     read_text,
     read_transcript,
 )
 
+logger = logging.getLogger(__name__)
 WORDFREQ_CORPUS_SIZE = 1e9
-TEXT_EXTS = (".txt", ".jsonl", ".srt", ".vtt")
+TEXT_EXTS = (".txt", ".jsonl", ".srt", ".vtt", ".rst", ".md", ".markdown", ".html", ".htm")
 
 
 @lru_cache(maxsize=None)
@@ -99,9 +99,10 @@ def _text_files(path: Path):
     return [path]
 
 
-def read_texts(path, split: str | None = None) -> list[str]:
+def read_texts(path, split: str | None = None, markup: str = "auto") -> list[str]:
     """The documents of a shard folder (``split``: only that split's samples), a text file, or a folder
-    of text files."""
+    of text files: as the build reads them (a document a line of ``.txt``, a JSON line's ``text``, a
+    reStructuredText, Markdown or HTML file a document without its markup: ``markup`` as the build's)."""
     if urls.is_url(path):  # shards in a bucket, on a server or from a command
         from .data import dataset
 
@@ -115,18 +116,16 @@ def read_texts(path, split: str | None = None) -> list[str]:
         return [s["text"] for s in dataset(path, split, frames=False)]
     docs = []
     for f in _text_files(path):
-        ext = f.suffix.lower()
-        if ext in (".srt", ".vtt"):
+        if f.suffix.lower() in (".srt", ".vtt"):
             docs += [c.text for c in read_transcript(f)[0]]
-        elif ext == ".jsonl":
-            for n, line in enumerate(read_text(f, limit=MAX_CORPUS_BYTES).splitlines(), 1):
-                if line.strip():
-                    try:
-                        docs.append(loads_json(line)["text"])
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise TranscriptError(f"{f}:{n}: expected a JSON object with a 'text' field") from None
-        else:
-            docs += read_text(f, limit=MAX_CORPUS_BYTES).splitlines()
+            continue
+        found, errors = read_corpus(f, f.parent, "train", "text", markup)
+        whole = [e for e in errors if e["source"] == str(f)]
+        if whole:  # the file as a whole is unusable (too large, not readable, no text left)
+            raise DataError(f"{f}: {whole[0]['reason']}")
+        if errors:  # lines the build would reject too (malformed JSON, another encoding): named, not counted
+            logger.warning(f"{f}: {len(errors)} lines left out ({errors[0]['source']}: {errors[0]['reason']}, ...)")
+        docs += [i.text for i in found]
     return docs
 
 
@@ -140,7 +139,7 @@ def count(docs) -> Counter:
 class Reference:
     """``p_R(w)`` with add-alpha smoothing, from counts or from wordfreq."""
 
-    def __init__(self, source: str | list, alpha: float = 1.0):
+    def __init__(self, source: str | list, alpha: float = 1.0, markup: str = "auto"):
         self.alpha = alpha
         if isinstance(source, str) and source.startswith("wordfreq:"):
             import wordfreq
@@ -153,7 +152,7 @@ class Reference:
             paths = [source] if isinstance(source, (str, Path)) else source
             self.counts = Counter()
             for p in paths:
-                self.counts += count(read_texts(p))
+                self.counts += count(read_texts(p, markup=markup))
             self.total = sum(self.counts.values())
             if not self.total:
                 raise DataError(f"reference corpus {source} holds no words")
@@ -265,13 +264,14 @@ def show(a: dict) -> str:
 
 def build_anchors(targets, reference="wordfreq:en", k=20, method="tficf", min_count=3, min_length=3, smoothing=1.0,
                   seed=0, anchors_file=None, anchors_mode="extend", split: str | None = None,
-                  prior_size: float | None = None) -> dict:
-    """``split``: read only that split of target shard folders (anchors from held-out text would leak it)."""
-    docs = [d for t in targets for d in read_texts(t, split)]
+                  prior_size: float | None = None, markup: str = "auto") -> dict:
+    """``split``: read only that split of target shard folders (anchors from held-out text would leak it);
+    ``markup``: how text files' markup is read (``videomask.prep.markup``)."""
+    docs = [d for t in targets for d in read_texts(t, split, markup)]
     target = count(docs)
     if not target:
         raise DataError(f"the target corpus ({', '.join(map(str, targets))}) holds no words")
-    ref = Reference(reference if isinstance(reference, str) else list(reference), smoothing)
+    ref = Reference(reference if isinstance(reference, str) else list(reference), smoothing, markup)
     if anchors_file and anchors_mode == "replace":
         rows, summary = [], {"target_tokens": sum(target.values()), "target_vocab": len(target)}
     else:
@@ -288,7 +288,7 @@ def build_anchors(targets, reference="wordfreq:en", k=20, method="tficf", min_co
                [str(r) for r in reference], "k": k, "method": method, "min_count": min_count,
                "min_length": min_length, "smoothing": smoothing, "seed": seed, "prior_size": prior_size, "stopwords": "stop-words:en",
                "anchors_file": str(anchors_file) if anchors_file else None, "anchors_mode": anchors_mode,
-               "split": split}
+               "split": split, **({"markup": markup} if markup != "auto" else {})}
     return {"format": "videomask-anchors/1", "anchors": rows, "hash": anchor_hash(r["word"] for r in rows),
             "options": options, **summary}
 
@@ -312,6 +312,9 @@ def main(argv=None) -> int:
     p.add_argument("--min-length", type=int, default=3, help="least letters in a candidate (default: 3)")
     p.add_argument("--smoothing", type=float, default=1.0, help="add-alpha smoothing of p_R (default: 1.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of --method random")
+    p.add_argument("--markup", choices=["auto", "plain", "rst", "markdown", "html"], default="auto",
+                   help="text files in reStructuredText, Markdown or HTML lose their markup (auto: detected, as the "
+                   "build does; plain: kept as is)")
     p.add_argument("--anchors-file", type=Path, help="hand-written anchors, one word per line")
     p.add_argument("--anchors-mode", choices=["extend", "replace"], default="extend",
                    help="the hand-written list extends (default) or replaces the computed one")
@@ -329,7 +332,7 @@ def main(argv=None) -> int:
     reference = a.reference[0] if len(a.reference) == 1 and a.reference[0].startswith("wordfreq:") else a.reference
     try:
         result = build_anchors(a.targets, reference, a.k, a.method, a.min_count, a.min_length, a.smoothing, a.seed,
-                               a.anchors_file, a.anchors_mode, a.split, a.prior_size)
+                               a.anchors_file, a.anchors_mode, a.split, a.prior_size, a.markup)
     except VideomaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -84,6 +84,12 @@ class SplitWriter:
         self.shard, self.tar = self.shard + 1, None
 
 
+def known_options(options: dict) -> dict:
+    """A build's recorded options, with the default of each option added since it was made (a build by an earlier
+    version is the same build, resumable and complete)."""
+    return {**asdict(BuildOptions()), **options}
+
+
 class Journal:
     """Append-only record of completed shards and errors; what makes a build resumable."""
 
@@ -98,7 +104,7 @@ class Journal:
             shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.options_path.exists():
-            old = json.loads(self.options_path.read_text())
+            old = known_options(json.loads(self.options_path.read_text()))
             if old != opts_id:
                 diff = sorted(k for k in set(old) | set(opts_id) if old.get(k) != opts_id.get(k))
                 raise SystemExit(f"error: {out} holds a build made with other options ({', '.join(diff)} differ); "
@@ -219,15 +225,16 @@ def build(src: Path, out: Path, opts: BuildOptions = BuildOptions(), workers: in
 
 def _build(src: Path, out: Path, opts: BuildOptions, workers: int, num_partitions: int, partition: int,
            overwrite: bool, progress: bool) -> dict:
-    opts_id = {"input": urls.redact(src) if urls.is_url(src) else str(src.resolve()), "num_partitions": num_partitions, "partition": partition, **asdict(opts)}
+    opts_id = {"input": urls.redact(src) if urls.is_url(src) else str(src.resolve()), "num_partitions": num_partitions,
+               "partition": partition, **asdict(opts)}
     if (out / "manifest.json").exists() and not overwrite:
         manifest = json.loads((out / "manifest.json").read_text())
-        if manifest["options"] == opts_id:
+        if known_options(manifest["options"]) == opts_id:
             print(f"{out}: already complete ({manifest['inputs']['total']} inputs); nothing to do")
             return manifest
     journal = Journal(out, opts_id, overwrite)
 
-    inputs, discover_errors = discover(src, opts.split, opts.kind, opts.text_field)
+    inputs, discover_errors = discover(src, opts.split, opts.kind, opts.text_field, opts.markup)
     if num_partitions > 1:  # an error of one input goes with that input's partition; one of the whole input to 0
         inputs = [i for i in inputs if partition_of(i.id, num_partitions) == partition]
         discover_errors = [e for e in discover_errors if (partition_of(e["id"], num_partitions) if "id" in e
@@ -346,8 +353,11 @@ def parser() -> argparse.ArgumentParser:
              "reject it, or keep it with empty text", "time_tolerance": "seconds a transcript may run past the "
              "video's end", "kind": "video or text input (auto: video if any video is found)",
              "text_field": "JSONL field holding the text", "backend": "video decoder",
-             "transcript_encoding": "the transcripts' text encoding, e.g. cp1252 (default: UTF-8, else detected)"}
+             "transcript_encoding": "the transcripts' text encoding, e.g. cp1252 (default: UTF-8, else detected)",
+             "markup": "text corpora in reStructuredText, Markdown or HTML lose their markup: auto (detected from "
+             "the content; .rst/.md/.html by their extension), plain (kept as is), or name one"}
     choices = {"clip_mode": ["fixed", "segments"], "missing_transcript": ["reject", "keep"],
+               "markup": ["auto", "plain", "rst", "markdown", "html"],
                "kind": ["auto", "video", "text"], "backend": ["auto", "decord", "pyav"]}
     for f in fields(BuildOptions):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,

@@ -55,6 +55,7 @@ class BuildOptions:
     text_field: str = "text"
     backend: str = "auto"  # decord (auto when installed) or pyav
     transcript_encoding: str = ""  # force the transcripts' text encoding ("": UTF-8, else detected)
+    markup: str = "auto"  # text corpora: auto (detected), plain (kept as is), rst, markdown or html (removed)
 
     def __post_init__(self):
         checks = {"frames": self.frames >= 1, "size": self.size >= 8, "clip_seconds": self.clip_seconds > 0,
@@ -63,6 +64,7 @@ class BuildOptions:
                   "clip_mode": self.clip_mode in ("fixed", "segments"),
                   "missing_transcript": self.missing_transcript in ("reject", "keep"),
                   "kind": self.kind in ("auto", "video", "text"), "backend": self.backend in ("auto", "decord", "pyav"),
+                  "markup": self.markup in ("auto", "plain", "rst", "markdown", "html"),
                   "time_tolerance": self.time_tolerance >= 0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -22,10 +22,13 @@ from pathlib import Path
 from .. import urls
 from ..errors import DataError, MissingError
 from ..files import loads_json
+from .markup import detect, to_text
 from .transcripts import MAX_CORPUS_BYTES, TRANSCRIPT_EXTS, read_bytes, read_text
 from .video import VIDEO_EXTS
 
 MANIFEST_EXTS = (".csv", ".jsonl")
+#: documents in markup: one document per file, the markup removed (a .txt holding markup is found by its content)
+MARKUP_EXTS = {".rst": "rst", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html"}
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 # every other manifest field is kept as metadata. start/end: one clip of that window (seconds); fps: the
 # frame rate of a video given as a folder of frames (TVQA's release)
@@ -75,7 +78,7 @@ def _split_of(rel: Path, default: str) -> str:
     return SPLIT_DIRS.get(rel.parts[0].lower(), default) if len(rel.parts) > 1 else default
 
 
-def scan_folder(root: Path, default_split: str, kind: str, text_field: str):
+def scan_folder(root: Path, default_split: str, kind: str, text_field: str, markup: str = "auto"):
     """Inputs and errors for a folder (walked recursively, in sorted order)."""
     errors, files = [], []
 
@@ -85,7 +88,7 @@ def scan_folder(root: Path, default_split: str, kind: str, text_field: str):
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames.sort()
         files += [Path(dirpath, f) for f in sorted(filenames)]
-    videos, transcripts, other = {}, {}, []
+    videos, transcripts, other, documents = {}, {}, [], []
     for f in files:
         rel = f.relative_to(root)
         stem, ext = rel.with_suffix("").as_posix(), f.suffix.lower()
@@ -93,18 +96,27 @@ def scan_folder(root: Path, default_split: str, kind: str, text_field: str):
             videos.setdefault(stem, []).append(f)
         elif ext in TRANSCRIPT_EXTS or ext == ".jsonl":
             transcripts.setdefault(stem, []).append(f)
+        elif ext in MARKUP_EXTS:
+            documents.append(f)
         else:
             other.append(f)
     if kind == "auto":
         kind = "video" if videos else "text"
+    if kind == "text":
+        for p in documents:
+            transcripts.setdefault(p.relative_to(root).with_suffix("").as_posix() + p.suffix, []).append(p)
+    else:
+        other += documents
     errors += [_error(f, f"unsupported file type {f.suffix!r} (videos: {', '.join(VIDEO_EXTS)}; "
-                         f"transcripts: {', '.join(TRANSCRIPT_EXTS)}; corpora: .txt, .jsonl)") for f in other]
+                         f"transcripts: {', '.join(TRANSCRIPT_EXTS)}; corpora: .txt, .jsonl, and in a folder without "
+                         f"videos {', '.join(MARKUP_EXTS)})") for f in other]
     inputs = []
     if kind == "text":
         for stem, paths in sorted(transcripts.items()):
             for p in paths:
-                if p.suffix.lower() in (".txt", ".jsonl"):
-                    docs, errs = read_corpus(p, root, _split_of(p.relative_to(root), default_split), text_field)
+                if p.suffix.lower() in (".txt", ".jsonl", *MARKUP_EXTS):
+                    docs, errs = read_corpus(p, root, _split_of(p.relative_to(root), default_split), text_field,
+                                             markup)
                     inputs += docs
                     errors += errs
                 else:
@@ -154,8 +166,17 @@ def corpus_lines(path: Path) -> tuple[list[str | None], list[tuple[int, str]]]:
     return lines, bad
 
 
-def read_corpus(path: Path, root: Path, split: str, text_field: str):
-    """A text corpus: one document per non-empty line (.txt), or per JSON line with ``text_field``."""
+def _unmarked(text: str, markup: str) -> tuple[str, str]:
+    """(the text without its markup, the markup it had: ``plain`` when none). ``markup``: auto (detected from the
+    content), plain (left as it is), rst, markdown or html."""
+    kind = detect(text) if markup == "auto" else markup
+    return (text, "plain") if kind == "plain" else (to_text(text, kind), kind)
+
+
+def read_corpus(path: Path, root: Path, split: str, text_field: str, markup: str = "auto"):
+    """A text corpus: one document per non-empty line (.txt), or per JSON line with ``text_field``; or one document
+    per file for a reStructuredText, Markdown or HTML file (by its extension, or a ``.txt`` whose content is one),
+    its markup removed (``videomask.prep.markup``; ``markup`` as in ``_unmarked``)."""
     inputs, errors = [], []
     rel = path.relative_to(root).with_suffix("").as_posix() if root in path.parents else path.stem
     try:
@@ -163,6 +184,15 @@ def read_corpus(path: Path, root: Path, split: str, text_field: str):
     except (ValueError, OSError) as e:
         return [], [_error(path, str(e))]
     errors += [_error(f"{path}:{n}", reason) for n, reason in bad]
+    ext = path.suffix.lower()
+    if ext in MARKUP_EXTS or (ext == ".txt" and markup != "plain"):
+        whole = "\n".join(line for line in lines if line is not None)
+        text, kind = _unmarked(whole, MARKUP_EXTS[ext] if ext in MARKUP_EXTS and markup == "auto" else markup)
+        if kind != "plain" or ext in MARKUP_EXTS:  # a document; a .txt without markup stays a line per document
+            if not text.strip():
+                return [], errors + [_error(path, f"no text left once its {kind} markup is removed")]
+            return [Input(id=rel, kind="text", split=split, source=str(path), text=text,
+                          extra={"markup": kind})], errors
     for n, line in enumerate(lines, 1):
         if line is None or not line.strip():
             continue
@@ -181,6 +211,10 @@ def read_corpus(path: Path, root: Path, split: str, text_field: str):
                 continue
             extra = {k: v for k, v in row.items() if k not in RESERVED_FIELDS and k != text_field}
             split = row.get("split", split)
+            if markup != "plain":  # a document of a JSON corpus may be a page of markup
+                text, kind = _unmarked(text, markup)
+                if kind != "plain":
+                    extra["markup"] = kind
         else:
             text = line
         if not text.strip():
@@ -265,7 +299,7 @@ def _window(row: dict) -> tuple[float, float] | None:
     return start, end
 
 
-def discover(src, default_split="train", kind="auto", text_field="text"):
+def discover(src, default_split="train", kind="auto", text_field="text", markup="auto"):
     """All inputs under ``src`` (folder, manifest, single corpus file, or video2dataset shards: a local folder or
     ``.tar``, or a ``videomask.urls`` URL), sorted, with unique keys."""
     from . import v2d_shards
@@ -282,11 +316,11 @@ def discover(src, default_split="train", kind="auto", text_field="text"):
     if (src.is_dir() or src.suffix == ".tar") and kind != "text" and v2d_shards.detect(src):
         inputs, errors = v2d_shards.discover(src, default_split)
     elif src.is_dir():
-        inputs, errors = scan_folder(src, default_split, kind, text_field)
+        inputs, errors = scan_folder(src, default_split, kind, text_field, markup)
     elif src.suffix.lower() == ".csv" or (src.suffix.lower() == ".jsonl" and kind != "text" and _is_video_manifest(src)):
         inputs, errors = read_manifest(src, default_split, text_field)
-    elif src.suffix.lower() in (".txt", ".jsonl"):
-        inputs, errors = read_corpus(src, src.parent, default_split, text_field)
+    elif src.suffix.lower() in (".txt", ".jsonl", *MARKUP_EXTS):
+        inputs, errors = read_corpus(src, src.parent, default_split, text_field, markup)
     else:
         raise DataError(f"{src}: expected a folder, a manifest (.csv/.jsonl), a text corpus (.txt/.jsonl) or "
                         "video2dataset shards")
