@@ -50,6 +50,8 @@ def test_sphinx_roles_and_directives_and_plain_text():
     assert {"use", "the", "loader", "streams", "buckets", "dataset"} <= kept
     plain = "A plain line with a # hash and <b>one tag</b>.\nAnother: x = [1](2)."
     assert detect(plain) == "plain" and to_text(plain, "plain") == plain
+    lines = "\n".join(f"post {k} with a [link](https://x.org/{k})" if k % 100 == 0 else f"post {k}" for k in range(1000))
+    assert detect(lines) == "plain"  # a corpus of a document a line with a few links stays a line per document
 
 
 def test_the_build_stores_the_cleaned_text_with_consistent_offsets(tmp_path):

@@ -29,8 +29,8 @@ _MD_LINK = re.compile(r"!?\[[^\]\n]+\]\([^)\s]+\)")
 
 
 def detect(text: str) -> str:
-    """``html``, ``rst``, ``markdown`` or ``plain``, from signals in the content (a few of them are needed: one
-    stray ``#`` or ``<b>`` does not make a document markup)."""
+    """``html``, ``rst``, ``markdown`` or ``plain``, from signals in the content (a few of them, and one every 50
+    lines: one stray ``#`` or ``<b>`` does not make a document markup, nor a few links a corpus of lines)."""
     head = text[:200_000]
     tags = len(_HTML_TAG.findall(head))
     if tags >= 3 and re.search(r"</\w+\s*>", head):
@@ -41,7 +41,9 @@ def detect(text: str) -> str:
     rst = 2 * underlines + 2 * len(_RST_DIRECTIVE.findall(head)) + len(_RST_ROLE.findall(head)) + \
         head.count("\n::\n") + len(re.findall(r"``[^`\n]+``", head))
     md = 2 * len(_MD_HEADING.findall(head)) + len(_MD_FENCE.findall(head)) + len(_MD_LINK.findall(head))
-    if max(rst, md) < 3:
+    # a few signals make a page markup, but a corpus of a document a line needs them on many lines: a million tweets
+    # with a handful of [links](...) are plain text
+    if max(rst, md) < max(3, len(lines) // 50):
         return "plain"
     return "rst" if rst >= md else "markdown"
 
