@@ -2,6 +2,7 @@
 server mode), both started here on 127.0.0.1, and from ``pipe:`` commands; outputs published to the S3 server."""
 import functools
 import http.server
+import io
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -28,8 +30,31 @@ def free_port() -> int:
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """The folder as it is, and three broken servers: /short/NAME announces NAME's length and sends half of it,
+    /chunked/NAME sends its first half chunked and closes without the last chunk, /forbidden/ answers 403."""
+
     def log_message(self, *args):
         pass
+
+    def do_GET(self):
+        kind, _, name = self.path.lstrip("/").partition("/")
+        if kind == "forbidden":
+            return self.send_error(403)
+        if kind not in ("short", "chunked"):
+            return super().do_GET()
+        body = (Path(self.directory) / name).read_bytes()
+        self.send_response(200)
+        if kind == "short":  # the connection drops halfway through a body of the length it announced
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = body[: len(body) // 2]
+            self.wfile.write(f"{len(half):x}\r\n".encode() + half + b"\r\n")
+        self.wfile.flush()
+        self.close_connection = True
 
 
 @pytest.fixture(scope="session")
@@ -199,24 +224,44 @@ def test_a_stream_that_breaks_off_keeps_what_came_before(scored_shards, http_roo
     whole = (scored_shards / name).read_bytes()
     (root / "cut.tar").write_bytes(whole[: len(whole) // 2])
     complete = len(keys_and_frames(str(scored_shards / name)))
+    (root / name).write_bytes(whole)
+    with tarfile.open(scored_shards / name) as t:  # where the third sample's first header starts: a clean cut
+        keys = [m.name.split(".")[0] for m in t.getmembers()]
+        order = list(dict.fromkeys(keys))
+        first, boundary = order[0], t.getmembers()[keys.index(order[2])].offset
     for where in (f"{base}/cut.tar", f"pipe:head -c {len(whole) // 2} {scored_shards / name}",
+                  f"pipe:head -c {boundary} {scored_shards / name}", f"pipe:head -c {boundary} {scored_shards / name}"
+                  "; exit 1", f"{base}/short/{name}", f"{base}/chunked/{name}",
                   f"pipe:cat {scored_shards / name}; exit 3", f"{base}/missing.tar"):
         counter = data.ErrorCounter(verbose=False)
         kept = list(data.dataset(where, handler=counter, split_by_node=False))
-        assert counter.counts["unreadable_shard"] >= 1, where
+        assert "unreadable_shard" in counter.counts, where  # never silent, never a crash
         if "missing" not in where and "exit 3" not in where:
             assert 0 < len(kept) < complete, where
-        if "exit 3" in where:  # every sample arrived, then the command failed: reported, never silent
+            assert all("json" in s["meta"] or s["meta"] for s in kept)
+        if f"-c {boundary}" in where:  # cut between two samples: whether the second was whole cannot be known
+            assert [s["key"] for s in kept] == [first], (where, [s["key"] for s in kept])
+        if "exit 3" in where:  # every sample arrived, then the command failed: reported, nothing counted as lost
             assert len(kept) == complete and "status 3" in counter.examples["unreadable_shard"]
+            assert counter.seen == complete and counter.skipped == 0
 
 
-def test_messages_name_the_place_without_its_secrets(http_root, s3):
-    _, base = http_root
-    signed = base.replace("http://", "http://user:hunter2@") + "/nothing/x.tar?X-Amz-Signature=deadbeef"
-    counter = data.ErrorCounter(verbose=False)
-    assert list(data.dataset(signed, handler=counter, split_by_node=False)) == []
-    message = counter.examples["unreadable_shard"]
-    assert "/nothing/x.tar" in message and "hunter2" not in message and "deadbeef" not in message
+def test_messages_name_the_place_without_its_secrets(http_root, s3, scored_shards):
+    root, base = http_root
+    host = base.split("://")[1]
+    for signed in (f"http://user:hunter2@{host}/nothing/x.tar?X-Amz-Signature=deadbeef",
+                   "https://user:p@ss-hunter2@nowhere.invalid/x.tar?sig=deadbeef",  # no port, an @ in the password
+                   f"pipe:curl -sf 'https://nowhere.invalid/x.tar?X-Amz-Signature=deadbeef'"):
+        counter = data.ErrorCounter(verbose=False)
+        assert list(data.dataset(signed, handler=counter, split_by_node=False)) == []
+        message = counter.examples["unreadable_shard"]
+        assert "x.tar" in message and "hunter2" not in message and "deadbeef" not in message, message
+    name = json.loads((scored_shards / "manifest.json").read_text())["shards"][0]["name"]
+    shutil.copy(scored_shards / name, root / "private.tar")
+    pipe = f"pipe:cat {root / 'private.tar'} # https://x.org/?X-Amz-Signature=deadbeef"
+    assert all("deadbeef" not in s["url"] for s in data.dataset(pipe, split_by_node=False))
+    r = videomask("check", f"{base}/forbidden/")
+    assert r.returncode == 2 and "403" in r.stderr and "brace pattern" not in r.stderr, r.stderr
     r = videomask("check", f"{base}/nothing")
     assert r.returncode == 2 and "brace pattern" in r.stderr, r
     r = videomask("check", "s3://bucket/no-such-folder")
@@ -254,3 +299,37 @@ def test_video2dataset_shards_build_from_a_bucket_and_a_server(s3, http_root, tm
     assert len(outs["disk"]) == 9 and all(outs[name] == outs["disk"] for name in outs)  # all but where they came from
     errors = (tmp_path / "s3" / "errors.jsonl").read_text()
     assert "s3://bucket/v2d/00000.tar#00000004" in errors and "failed_to_download" in errors
+
+
+def test_a_folder_through_a_command_refuses_names_that_would_be_shell_words(scored_shards, tmp_path):
+    folder = tmp_path / "shards"
+    shutil.copytree(scored_shards, folder, ignore=shutil.ignore_patterns(".*"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    planted = tmp_path / "PWNED"
+    for bad in (f"a$(touch {planted}).tar", "a;touch x.tar", "a b.tar", "a`id`.tar"):
+        m = {**manifest, "shards": [{**manifest["shards"][0], "name": bad}]}
+        (folder / "manifest.json").write_text(json.dumps(m))
+        r = videomask("check", f"pipe:cat {folder}/{{}}")
+        assert r.returncode == 2 and "refused" in r.stderr, (bad, r.stderr)
+    assert not planted.exists()
+
+
+def test_publishing_again_replaces_changed_shards_of_the_same_size(s3, tmp_path):
+    """A rebuilt output whose shard changed but kept its size (tar sizes are multiples of 10240) is uploaded
+    again, and the old manifest is gone before any shard changes."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for text in (b"old caption", b"new caption"):
+        with open(folder / "train-000000.tar", "wb") as f, tarfile.open(fileobj=f, mode="w") as t:
+            info = tarfile.TarInfo("k.txt")
+            info.size = len(text)
+            t.addfile(info, io.BytesIO(text))
+        import hashlib
+
+        sha = hashlib.sha256((folder / "train-000000.tar").read_bytes()).hexdigest()
+        manifest = {"shards": [{"name": "train-000000.tar", "split": "train", "samples": 1, "sha256": sha}]}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        urls.publish(folder, "s3://bucket/republished", manifest)
+        s3.invalidate_cache()
+        assert s3.cat_file("bucket/republished/train-000000.tar") == (folder / "train-000000.tar").read_bytes()
+        assert json.loads(s3.cat_file("bucket/republished/manifest.json"))["shards"][0]["sha256"] == sha

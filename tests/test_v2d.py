@@ -110,6 +110,13 @@ def test_job_array_partitions_give_the_same_samples(v2d_folder, tmp_path):
         build.build(v2d_folder, tmp_path / "parts", OPTS, num_partitions=2, partition=part, progress=False)
     merged = build.merge(tmp_path / "parts")
     assert merged["inputs"] == whole["inputs"]
+    for part in range(2):  # a task takes whole shards: each shard is read by one task only
+        folder = tmp_path / "parts" / f"part-{part:05d}"
+        if not json.loads((folder / "manifest.json").read_text())["shards"]:
+            continue  # both input shards may fall to one task
+        got = {s["meta"]["video2dataset"]["shard"] for s in data.dataset(str(folder), frames=False,
+                                                                          split_by_node=False)}
+        assert all(build.partition_of(name, 2) == part for name in got), (part, got)
     a, b = samples_of(tmp_path / "whole"), samples_of(tmp_path / "parts")
     assert set(a) == set(b) and all(a[k]["frames"].equal(b[k]["frames"]) for k in a)
 

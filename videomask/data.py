@@ -27,6 +27,7 @@ the shard and the key.
 """
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import math
@@ -137,7 +138,7 @@ def manifest_at(path) -> dict | None:
         if urls_mod.names_shards(path):
             return None
         text = urls_mod.read_text(urls_mod.join(path, "manifest.json"), missing_ok=True)
-        return None if text is None else _checked_manifest(text, path, urls_mod.join(path, "manifest.json"))
+        return None if text is None else _checked_manifest(text, path, urls_mod.redact(urls_mod.join(path, "manifest.json")))
     return read_manifest(path) if (urls_mod.local(path) / "manifest.json").is_file() else None
 
 
@@ -248,19 +249,28 @@ def tar_samples(sources, handler=None, expected: dict | None = None):
                     current[suffix] = data
             if current is not None:
                 handler.seen += 1
-                yield current
-        except (tarfile.TarError, OSError, EOFError) as e:
-            if isinstance(e, urls_mod.CommandFailed) and current is not None:  # the tar ended whole, then its
-                handler.seen += 1  # command failed: the last sample is complete, the failure is still reported
                 read += 1
                 yield current
+            if read < expected.get(url, 0):  # whole, yet short of what its manifest says it holds
+                lost = expected[url] - read
+                handler.seen += lost
+                if not handler(SampleError("unreadable_shard", f"{shown} holds {read} samples, its manifest says "
+                                                               f"{expected[url]}: {lost} lost", lost)):
+                    return
+        except (tarfile.TarError, OSError, EOFError, http.client.HTTPException) as e:
+            message = urls_mod.scrub(f"{type(e).__name__}: {e}", url)
+            if isinstance(e, urls_mod.CommandFailed) and current is not None:  # the tar ended whole, then its
+                handler.seen += 1  # command failed: the last sample is complete; the failure is still reported
+                read += 1
+                yield current
+                lost = max(0, expected.get(url, 0) - read)
                 what = "was read to its end, but"
             else:  # the sample being read when the shard broke off is lost too
+                lost = max(1, expected.get(url, 0) - read)
                 what = "is not a readable tar" if current is None else f"breaks off after sample {current['__key__']}"
-            lost = max(1, expected.get(url, 0) - read)
             handler.seen += lost
-            if not handler(SampleError("unreadable_shard", f"{shown} {what} ({type(e).__name__}: {e}); the samples "
-                                                           f"read before it are kept, {lost} lost", lost)):
+            if not handler(SampleError("unreadable_shard", f"{shown} {what} ({message}); the samples read before it "
+                                                           f"are kept, {lost} lost", lost)):
                 return
 
 

@@ -44,7 +44,9 @@ def _ustar(f) -> Iterator[tuple[str, str | None, bytes | None]]:
         header = f.read(BLOCK)
         if not header and first:
             raise tarfile.ReadError("the file is empty")
-        if not header or header == bytes(BLOCK):  # the end (tarfile also stops at the first zero block)
+        if not header:  # a stream cut between two members would otherwise pass for a whole shard
+            raise tarfile.ReadError("the file ends without the tar's end-of-archive blocks: cut short?")
+        if header == bytes(BLOCK):  # the end (tarfile also stops at the first zero block)
             return
         if len(header) < BLOCK:
             raise tarfile.ReadError("the file ends inside a member header")

@@ -54,34 +54,69 @@ def local(where) -> Path:
     return Path(where[len("file://"):] if where.startswith("file://") else where)
 
 
+#: what a file name inside a folder reached through a command may hold: it is put into a shell command line
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+(?:/[A-Za-z0-9._+-]+)*$")
+
+
 def join(base: str, name: str) -> str:
     """``base/name`` for a URL folder (``name`` relative, checked by ``inside``)."""
     if base.startswith("pipe:"):
         if "{}" not in base:
-            raise DataError(f"{base}: a pipe: command is one shard, not a folder (a folder through a command: "
+            raise DataError(f"{redact(base)}: a pipe: command is one shard, not a folder (a folder through a command: "
                             "'pipe:aws s3 cp s3://bucket/shards/{} -', {} standing for each file's name)")
+        if not SAFE_NAME.match(name):  # never a shell word of a manifest's choosing ($(...), ;, spaces)
+            raise DataError(f"{redact(base)}: file name {name!r} is not plain letters, digits and ._+-; refused in a "
+                            "command line")
         return base.replace("{}", name)
     return base.rstrip("/") + "/" + name
 
 
 def inside(base: str, name, listed_in) -> str:
     """``join(base, name)``, refused unless ``name`` stays under ``base``: relative, no ``..`` or empty part, no
-    scheme (a manifest from elsewhere may list ``../x.tar``, ``/x.tar`` or ``s3://other/x.tar``)."""
+    scheme (a manifest from elsewhere may list ``../x.tar``, ``/x.tar`` or ``s3://other/x.tar``); under a
+    ``pipe:`` folder, plain characters only (it becomes part of a shell command)."""
     if not isinstance(name, str) or not name:
         raise DataError(f"{listed_in}: shard name {name!r} is not a file name")
     parts = name.split("/")
-    if name.startswith("/") or is_url(name) or "\\" in name or any(p in ("", ".", "..") for p in parts):
+    if name.startswith("/") or is_url(name) or "\\" in name or any(p in ("", ".", "..") for p in parts) or (
+            base.startswith("pipe:") and not SAFE_NAME.match(name)):
         raise DataError(f"{listed_in}: shard {name!r} is not a plain name under {redact(base)}; refused")
     return join(base, name)
 
 
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
 def redact(url) -> str:
-    """``url`` for a message: no password (``user:secret@``) and no query string (a signed URL's signature)."""
+    """``url`` for a message: no password (``user:secret@``: everything up to the host's last ``@``) and no query
+    string (a signed URL's signature); in a ``pipe:`` command, every URL it holds."""
     url = str(url)
-    if url.startswith("pipe:") or not SCHEME.match(url):
+    if url.startswith("pipe:"):
+        return _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), url)
+    if not SCHEME.match(url):
         return url
-    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", url)
+    scheme, rest = url.split("://", 1)
+    netloc, slash, path = rest.partition("/")
+    host = netloc.rpartition("@")[2]
+    url = f"{scheme}://{host}{slash}{path}"
     return url.split("?", 1)[0] + ("?..." if "?" in url else "")
+
+
+def scrub(message: str, url) -> str:
+    """``message`` (an exception's text, say) without the secrets of ``url``: its user information and query
+    string, wherever they appear."""
+    url = str(url)
+    secrets = []
+    for u in _URL_IN_TEXT.findall(url) if url.startswith("pipe:") else [url]:
+        if "://" in u:
+            netloc = u.split("://", 1)[1].partition("/")[0]
+            if "@" in netloc:
+                secrets.append(netloc.rpartition("@")[0])
+            if "?" in u:
+                secrets.append(u.split("?", 1)[1])
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        message = message.replace(secret, "...")
+    return message
 
 
 def _fsspec(url: str):
@@ -107,11 +142,66 @@ def open_read(where):
     if where.startswith("pipe:"):
         return Pipe(where[len("pipe:"):])
     if _http(where):
-        import urllib.request
-
-        return io.BufferedReader(urllib.request.urlopen(where, timeout=60), BUFFER)
+        return io.BufferedReader(_HTTPStream(where), BUFFER)
     fs, path = _fsspec(where)
     return io.BufferedReader(fs.open(path, "rb", block_size=8 * BUFFER, cache_type="readahead"), BUFFER)
+
+
+class _HTTPStream(io.RawIOBase):
+    """One streamed GET (``urllib``: the proxy variables apply; ``user:password@`` in the URL becomes basic
+    authentication). A body that ends before its ``Content-Length``, or a broken chunked one, raises ``OSError``
+    where it breaks, naming the URL without its secrets."""
+
+    def __init__(self, url: str):
+        import base64
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        scheme, rest = url.split("://", 1)
+        netloc, slash, path = rest.partition("/")
+        user, _, host = netloc.rpartition("@")
+        request = urllib.request.Request(f"{scheme}://{host}{slash}{path}")
+        if user:
+            from urllib.parse import unquote
+
+            request.add_header("Authorization", "Basic " + base64.b64encode(unquote(user).encode()).decode())
+        self.url, self.errors = url, (http.client.HTTPException, ValueError)
+        try:
+            self.response = urllib.request.urlopen(request, timeout=60)
+        except urllib.error.HTTPError as e:
+            kind = FileNotFoundError if e.code == 404 else PermissionError if e.code in (401, 403) else OSError
+            raise kind(f"{redact(url)}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, *self.errors) as e:
+            raise OSError(f"{redact(url)}: {scrub(str(getattr(e, 'reason', e)), url)}") from None
+        self.left = self.response.length  # None when the server does not say (chunked)
+        self.broken = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.broken:
+            raise OSError(f"{redact(self.url)}: the response broke off ({self.broken})")
+        try:
+            n = self.response.readinto(b)
+        except self.errors as e:  # IncompleteRead of a broken chunked body: its bytes first, the error next time
+            partial = getattr(e, "partial", b"")[: len(b)]
+            self.broken = type(e).__name__
+            if not partial:
+                raise OSError(f"{redact(self.url)}: the response broke off ({self.broken})") from None
+            b[: len(partial)] = partial
+            return len(partial)
+        if self.left is not None:
+            self.left -= n
+            if n == 0 and len(b) and self.left > 0:
+                raise OSError(f"{redact(self.url)}: the response ended {self.left:,} bytes before its Content-Length")
+        return n
+
+    def close(self):
+        if not self.closed and hasattr(self, "response"):
+            self.response.close()
+        super().close()
 
 
 def read_text(where, missing_ok: bool = False) -> str | None:
@@ -128,11 +218,12 @@ def read_text(where, missing_ok: bool = False) -> str | None:
         if missing_ok:
             return None
         raise MissingError(f"{redact(where)}: not found") from None
-    except OSError as e:
-        code = getattr(e, "code", None)  # urllib's HTTPError
-        if missing_ok and code in (403, 404):  # object stores answer 403 for a missing key without list rights
+    except PermissionError as e:  # an object store answers 403 for a missing key without list rights: not for HTTP
+        if missing_ok and not _http(where):
             return None
-        raise MissingError(f"{redact(where)}: cannot be read ({type(e).__name__}: {e})") from None
+        raise MissingError(f"{redact(where)}: access refused ({scrub(str(e), where)})") from None
+    except OSError as e:
+        raise MissingError(f"{redact(where)}: cannot be read ({type(e).__name__}: {scrub(str(e), where)})") from None
 
 
 def list_tars(base: str, pattern: str) -> list[str]:
@@ -155,20 +246,27 @@ class Pipe(io.BufferedReader):
     an exit status other than 0 raises ``OSError`` (the shard broke off); closed early, the command is stopped."""
 
     def __init__(self, cmd: str):
-        self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
+        self.cmd = cmd  # its own process group: stopping it stops every process of a pipeline (a | b)
+        self.proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0,
+                                     start_new_session=True)
         super().__init__(self.proc.stdout, BUFFER)
 
     def __exit__(self, kind, value, tb):
+        import os
+        import signal
+
         if kind is None:  # read to the end of the tar: drain what follows it (padding) so the command can exit
             while self.read(BUFFER):
                 pass
         else:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         super().close()
         status = self.proc.wait()
         if kind is None and status != 0:
-            raise CommandFailed(f"pipe:{self.cmd} exited with status {status}")
+            raise CommandFailed(f"{redact('pipe:' + self.cmd)} exited with status {status}")
         return False
 
 
@@ -186,25 +284,40 @@ def staging(url: str) -> Path:
 
 
 def publish(folder: Path, url: str, manifest: dict) -> int:
-    """Upload a finished output ``folder`` to the fsspec URL ``url``: each shard of ``manifest`` as one object
-    (an object store makes an object visible only when its upload is complete: a killed upload leaves none), then
-    ``errors.jsonl``, then ``manifest.json`` last, so that a reader that finds a manifest finds every shard it
-    lists. Objects already there with the same size are not sent again (a rerun after a crash). Returns the bytes
-    sent."""
+    """Upload a finished output ``folder`` to the fsspec URL ``url``. First the ``manifest.json`` already there (an
+    earlier output) is removed, so that no reader trusts it while shards change; then each shard of ``manifest``
+    as one object (an object store makes an object visible only when its upload is complete: a killed upload
+    leaves none), then ``errors.jsonl``, then the new ``manifest.json`` last: a reader that finds a manifest finds
+    every shard it lists. A shard is not sent again when ``folder/.published.json`` records it as uploaded with the
+    same sha256 and the object has its size (a rerun after a crash). Returns the bytes sent."""
+    import json
+
     if url.startswith("pipe:") or _http(url):
         raise DataError(f"{redact(url)}: an output folder must be local or an fsspec URL (s3://, gs://, az://)")
     fs, root = _fsspec(url)
     root = root.rstrip("/")
+    record = folder / ".published.json"
+    try:
+        done = json.loads(record.read_text()) if record.exists() else {}
+        done = done if done.get("url") == redact(url) else {}
+    except ValueError:
+        done = {}
+    done = {"url": redact(url), "shards": done.get("shards", {})}
+    if fs.exists(f"{root}/manifest.json"):
+        fs.rm(f"{root}/manifest.json")
     sent = 0
-    names = [s["name"] for s in manifest["shards"]] + [n for n in ("errors.jsonl",) if (folder / n).exists()]
-    for name in names + ["manifest.json"]:
-        local_file, remote = folder / name, f"{root}/{name}"
-        size = local_file.stat().st_size
-        if name != "manifest.json" and name != "errors.jsonl" and fs.exists(remote) and \
-                fs.info(remote).get("size") == size:
+    for s in manifest["shards"]:
+        local_file, remote = folder / s["name"], f"{root}/{s['name']}"
+        if done["shards"].get(s["name"]) == s["sha256"] and fs.exists(remote) and \
+                fs.info(remote).get("size") == local_file.stat().st_size:
             continue
         fs.put_file(str(local_file), remote)
-        sent += size
+        sent += local_file.stat().st_size
+        done["shards"][s["name"]] = s["sha256"]
+        record.write_text(json.dumps(done))
+    for name in [n for n in ("errors.jsonl",) if (folder / n).exists()] + ["manifest.json"]:
+        fs.put_file(str(folder / name), f"{root}/{name}")
+        sent += (folder / name).stat().st_size
     return sent
 
 

@@ -234,11 +234,12 @@ def _build(src: Path, out: Path, opts: BuildOptions, workers: int, num_partition
             return manifest
     journal = Journal(out, opts_id, overwrite)
 
-    inputs, discover_errors = discover(src, opts.split, opts.kind, opts.text_field, opts.markup)
-    if num_partitions > 1:  # an error of one input goes with that input's partition; one of the whole input to 0
-        inputs = [i for i in inputs if partition_of(i.id, num_partitions) == partition]
-        discover_errors = [e for e in discover_errors if (partition_of(e["id"], num_partitions) if "id" in e
-                                                          else 0) == partition]
+    mine = None if num_partitions == 1 else (lambda key: partition_of(key, num_partitions) == partition)
+    inputs, discover_errors = discover(src, opts.split, opts.kind, opts.text_field, opts.markup, shard_filter=mine)
+    if mine is not None:  # an error of one input goes with that input's partition; one of the whole input to 0
+        inputs = [i for i in inputs if mine(i.partition_key or i.id)]
+        discover_errors = [e for e in discover_errors if (mine(e.get("partition_key") or e["id"]) if (
+            "partition_key" in e or "id" in e) else partition == 0)]
     for e in discover_errors:
         journal.add_error(e)
     cursors = journal.cursors()

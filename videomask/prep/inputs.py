@@ -55,6 +55,7 @@ class Input:
     data: bytes | None = None
     problem: str | None = None
     cues: list | None = None  # a transcript given as cues (timed subtitles from the metadata)
+    partition_key: str | None = None  # what a job array partitions by (default: the id; a video2dataset shard)
     caption: str | None = None  # a caption of the whole video: the text of every clip
 
 
@@ -299,7 +300,7 @@ def _window(row: dict) -> tuple[float, float] | None:
     return start, end
 
 
-def discover(src, default_split="train", kind="auto", text_field="text", markup="auto"):
+def discover(src, default_split="train", kind="auto", text_field="text", markup="auto", shard_filter=None):
     """All inputs under ``src`` (folder, manifest, single corpus file, or video2dataset shards: a local folder or
     ``.tar``, or a ``videomask.urls`` URL), sorted, with unique keys."""
     from . import v2d_shards
@@ -308,13 +309,13 @@ def discover(src, default_split="train", kind="auto", text_field="text", markup=
         if not v2d_shards.detect(src):
             raise DataError(f"{urls.redact(src)}: a URL input must hold video2dataset shards (KEY.mp4 + KEY.json with "
                             "'status' and 'key'); other inputs are read from local files")
-        inputs, errors = v2d_shards.discover(src, default_split)
+        inputs, errors = v2d_shards.discover(src, default_split, shard_filter)
         return _unique(inputs, errors)
     src = Path(src)
     if not src.exists():
         raise MissingError(f"{src}: no such file or folder")
     if (src.is_dir() or src.suffix == ".tar") and kind != "text" and v2d_shards.detect(src):
-        inputs, errors = v2d_shards.discover(src, default_split)
+        inputs, errors = v2d_shards.discover(src, default_split, shard_filter)
     elif src.is_dir():
         inputs, errors = scan_folder(src, default_split, kind, text_field, markup)
     elif src.suffix.lower() == ".csv" or (src.suffix.lower() == ".jsonl" and kind != "text" and _is_video_manifest(src)):

@@ -58,8 +58,10 @@ def detect(src) -> bool:
             if problem is None and name.endswith(".json"):
                 meta = loads_json(data)
                 return isinstance(meta, dict) and "status" in meta and "key" in meta
-    except (tarfile.TarError, OSError, ValueError):
+    except (tarfile.TarError, ValueError):  # not a tar, or not JSON: another kind of input
         return False
+    except OSError as e:  # unreachable, refused, expired credentials: said as such, not as "not video2dataset"
+        raise DataError(f"{urls.redact(shards[0])}: cannot be read ({urls.scrub(str(e), shards[0])})") from None
     return False
 
 
@@ -145,19 +147,24 @@ def _vtt_seconds(t) -> float:
 
 
 def _error(source: str, reason: str, **fields) -> dict:
-    return {"source": source, "stage": "discover", "reason": reason, **fields}
+    shard = source.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return {"source": source, "stage": "discover", "reason": reason, "partition_key": shard, **fields}
 
 
 def _sample_id(shard: str, key: str) -> str:
     return f"{Path(shard).stem}/{key}"
 
 
-def discover(src, default_split: str) -> tuple[list[Input], list[dict]]:
-    """One ``Input`` per successful sample, one error per other sample (or unreadable shard), in shard order."""
+def discover(src, default_split: str, shard_filter=None) -> tuple[list[Input], list[dict]]:
+    """One ``Input`` per successful sample, one error per other sample (or unreadable shard), in shard order.
+    ``shard_filter(name)``: only those shards (a job array's task takes whole shards: each shard is read by one
+    task only); inputs and errors carry their shard as ``partition_key``."""
     inputs, errors = [], []
     for url in shards_of(src):
         shown = urls.redact(url)
         shard = shown.rstrip("/").rsplit("/", 1)[-1]
+        if shard_filter is not None and not shard_filter(shard):
+            continue
         try:
             for key, s in _listing(url):
                 source, sample_id = f"{shown}#{key}", _sample_id(shard, key)
@@ -187,13 +194,13 @@ def discover(src, default_split: str) -> tuple[list[Input], list[dict]]:
                     v is None or isinstance(v, (str, int, float, bool)))}
                 extra["video2dataset"] = {"shard": shard, "key": key, "caption": caption,
                                           "transcript": "subtitles" if cues else "caption"}
-                inputs.append(Input(id=sample_id, kind="video", split=meta.get("split") if
+                inputs.append(Input(id=sample_id, kind="video", partition_key=shard, split=meta.get("split") if
                                     isinstance(meta.get("split"), str) else default_split, source=source,
                                     member=(url, s["video"]), cues=cues, caption=None if cues else (caption or ""),
                                     extra=extra))
         except (tarfile.TarError, OSError) as e:  # the samples listed before the break are kept
-            errors.append(_error(shown, f"not a readable tar, or it breaks off ({type(e).__name__}: {e}); the "
-                                        "samples listed before the break are kept"))
+            errors.append(_error(shown, f"not a readable tar, or it breaks off ({type(e).__name__}: "
+                                        f"{urls.scrub(str(e), url)}); the samples listed before the break are kept"))
     return inputs, errors
 
 
@@ -219,7 +226,7 @@ def with_videos(inputs: Iterable[Input]) -> Iterator[Input]:
                         video, why = (data, None) if problem is None else (None, f"{name} is {problem}")
                         break
             except (tarfile.TarError, OSError) as e:
-                why = f"its shard broke off on the second read ({type(e).__name__}: {e})"
+                why = f"its shard broke off on the second read ({type(e).__name__}: {urls.scrub(str(e), url)})"
                 stream.close()
                 stream = iter(())
             # a copy: the caller's list of inputs must not keep every video's bytes alive
