@@ -28,7 +28,7 @@ import time
 import torch
 
 from videomask.model import ModelConfig, VideoLanguageModel
-from videomask.precision import MasterWeights
+from videomask.precision import MasterWeights, to_bf16
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -59,7 +59,8 @@ def main():
     model = VideoLanguageModel(cfg, 50265).to(dev)
     fused = dev.type == "cuda"
     if a.precision == "bf16_params":  # what the trainer does with run.precision=bf16_params
-        opt = MasterWeights(model, [{"params": list(model.parameters())}],
+        masters = to_bf16(model)
+        opt = MasterWeights([{"params": list(model.parameters())}], masters,
                             lambda groups: torch.optim.AdamW(groups, lr=1e-4, fused=fused))
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)

@@ -31,7 +31,7 @@ def _matches(name: str, prefix: str) -> bool:
 
 def select(model: nn.Module, entries: list[str], key: str) -> set[int]:
     """ids of the parameters ``entries`` name; a ConfigError naming ``key`` and the entry that names none."""
-    named = list(model.named_parameters(remove_duplicate=False))
+    named = list(model.named_parameters())  # each parameter under its first name: a tied one belongs to the encoder
     chosen = set()
     for entry in entries:
         found = head_parameters(model) if entry == "head" else {id(p) for n, p in named if _matches(n, entry)}

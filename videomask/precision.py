@@ -2,13 +2,15 @@
 
 With ``run.precision=bf16`` the model keeps fp32 weights and autocast casts each of them to bf16 in every
 forward and backward pass: on the base preset's H200 profile those casts were 15% of the GPU's time. Here the
-model's parameters *are* bf16 (no casts), the gradients come out in bf16, and the optimiser updates fp32 copies
-(the master weights), from which the bf16 parameters are refreshed after every step, so that small updates are
-not lost to bf16's 8-bit mantissa. Autocast stays on: the operations it keeps in fp32 (softmax, norms, losses)
-still run in fp32.
+*trained* parameters are bf16 (no casts), their gradients come out in bf16, and the optimiser updates fp32
+copies (the master weights), from which the bf16 parameters are refreshed after every step, so that small
+updates are not lost to bf16's 8-bit mantissa. Frozen parameters and buffers (the pixel mean and std, say) stay
+fp32, untouched. Autocast stays on: the operations it keeps in fp32 (softmax, norms, losses) still run in fp32.
 
-The checkpoint carries the masters (with the optimiser's state), so a resumed run continues exactly; the
-exported model is fp32 (the masters). Not with FSDP, which has its own mixed-precision policy.
+``to_bf16(model)`` must run before the model is wrapped for DDP (DDP's gradient hooks belong to the parameters
+it was built with). With ``optim.grad_accum > 1`` the micro-batches' gradients are summed in bf16 before the
+fp32 copy. The checkpoint carries the masters with the optimiser's state, so a resumed run continues exactly;
+the exported model is fp32 (the masters). Not with FSDP, which has its own mixed-precision policy.
 """
 from __future__ import annotations
 
@@ -16,17 +18,26 @@ import torch
 from torch import nn
 
 
-class MasterWeights:
-    """An optimiser over fp32 copies of ``model``'s parameters, which it turns to bf16. ``make(groups)`` builds
-    the inner optimiser from parameter groups (``[{"params": [...], ...}]``) given as lists of the model's
-    parameters: the masters take their places."""
+def to_bf16(model: nn.Module) -> dict[int, torch.Tensor]:
+    """Turn ``model``'s trained parameters (``requires_grad``) bf16 in place; returns their fp32 values by the
+    parameter's id, the masters of ``MasterWeights``. Tied parameters stay tied (one object, converted once)."""
+    masters = {}
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in masters:
+            masters[id(p)] = p.detach().float().clone()
+            p.data = p.data.to(torch.bfloat16)
+    return masters
 
-    def __init__(self, model: nn.Module, groups: list[dict], make):
+
+class MasterWeights:
+    """An optimiser over the fp32 ``masters`` (from ``to_bf16``) of the bf16 parameters in ``groups``.
+    ``make(groups)`` builds the inner optimiser from parameter groups (``[{"params": [...], ...}]``): the masters
+    take the parameters' places."""
+
+    def __init__(self, groups: list[dict], masters: dict[int, torch.Tensor], make):
         self.params = [p for g in groups for p in g["params"]]
-        self.masters = [p.detach().float().clone() for p in self.params]
-        index = {id(p): k for k, p in enumerate(self.params)}
-        self.opt = make([{**g, "params": [self.masters[index[id(p)]] for p in g["params"]]} for g in groups])
-        model.to(torch.bfloat16)  # parameters and float buffers; the masters keep the fp32 values
+        self.masters = [masters[id(p)] for p in self.params]
+        self.opt = make([{**g, "params": [masters[id(p)] for p in g["params"]]} for g in groups])
         self._copied = False
 
     @property
@@ -46,8 +57,7 @@ class MasterWeights:
     def step(self):
         self.master_grads()
         self.opt.step()
-        for p, m in zip(self.params, self.masters):
-            p.copy_(m)
+        torch._foreach_copy_(self.params, self.masters)  # one fused cast-and-copy for all parameters
         self._copied = False
 
     def zero_grad(self, set_to_none: bool = True):
@@ -61,13 +71,12 @@ class MasterWeights:
     @torch.no_grad()
     def load_state_dict(self, state: dict):
         self.opt.load_state_dict(state["optimizer"])
-        for p, m, saved in zip(self.params, self.masters, state["master"]):
+        for m, saved in zip(self.masters, state["master"]):
             m.copy_(saved)
-            p.copy_(m)
+        torch._foreach_copy_(self.params, self.masters)
 
     @torch.no_grad()
-    def to_fp32(self, model: nn.Module):
-        """``model`` back in fp32 with the masters' values (for the export at the end of the run)."""
-        model.float()
+    def to_fp32(self):
+        """The trained parameters back in fp32 with the masters' values (for the export at the end of the run)."""
         for p, m in zip(self.params, self.masters):
-            p.copy_(m)
+            p.data = m.clone()

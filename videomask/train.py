@@ -31,7 +31,7 @@ from tqdm import tqdm
 from . import anchors as anchors_mod
 from . import data, engine, freezing, masking, urls
 from .collate import MaskingCollator
-from .precision import MasterWeights
+from .precision import MasterWeights, to_bf16
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
 from .engine import LoopState, all_ranks_true, to_device
 from .files import FolderLock
@@ -103,8 +103,9 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def make_optimizer(model, cfg: TrainConfig):
-    """AdamW (no weight decay on biases and norms) and its warm-up + decay schedule."""
+def make_optimizer(model, cfg: TrainConfig, masters: dict | None = None):
+    """AdamW (no weight decay on biases and norms) and its warm-up + decay schedule; over the fp32 ``masters``
+    of bf16 parameters (``videomask.precision``) when given."""
     o = cfg.optim
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]  # frozen: not optimised
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
@@ -113,8 +114,8 @@ def make_optimizer(model, cfg: TrainConfig):
     def adamw(groups):
         return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
-    if cfg.run.precision == "bf16_params":  # the model turns bf16, the optimiser keeps fp32 masters
-        opt = MasterWeights(model, groups, adamw)
+    if masters is not None:  # bf16 parameters: the optimiser keeps their fp32 masters
+        opt = MasterWeights(groups, masters, adamw)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt.opt, lr_lambda(cfg))
     opt = adamw(groups)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
@@ -358,9 +359,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
                   if cfg.data.val_split else None)
 
     fsdp = world > 1 and cfg.run.parallel == "fsdp"
+    # bf16 parameters before DDP wraps the model: its gradient hooks belong to the parameters it was built with
+    masters = to_bf16(model) if cfg.run.precision == "bf16_params" else None
     model = engine.wrap(model, world, device, cfg.run.parallel, find_unused=cfg.model.kind == "video")
     raw_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    opt, sched = make_optimizer(model, cfg)  # after wrapping: FSDP replaces the parameters by sharded ones
+    opt, sched = make_optimizer(model, cfg, masters)  # after wrapping: FSDP replaces the parameters by sharded ones
     run = Run(cfg, out, model, raw_model, opt, sched, rank, world, device, fsdp, engine.MetricsLog(out, rank))
     state = resume(run)
     started, o, autocast = state.step, cfg.optim, engine.autocast(cfg.run, device)
@@ -398,7 +401,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
     if finished:  # the verdict on what was read, whether or not an epoch ended: the same for any optim.max_steps
         skip_check(run, loader, state, finished=True)
         if isinstance(opt, MasterWeights):  # the exported weights are the fp32 masters
-            opt.to_fp32(raw_model)
+            opt.to_fp32()
         export(raw_model, opt, cfg, out, rank, fsdp, tokenizer)
     engine.teardown(world)
     if rank == 0:
