@@ -1,12 +1,9 @@
 """The GPU-speed options (issue 25), checked on CPU: the patch embedding as one matrix product, and bf16
 parameters with fp32 master weights in the optimiser."""
-import subprocess
-import sys
-
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import ENV, common, metrics
+from test_train import common, metrics, one_and_two_processes
 
 from videomask.config import ConfigError
 from videomask.finetune import load_config as finetune_config
@@ -69,13 +66,7 @@ def test_bf16_params_under_ddp_average_the_gradients(scored_shards, tiny_anchors
     their gradients match one process with the whole batch (up to a few signs); two that did not, far fewer."""
     args = ["optim.max_steps=1", "optim.warmup_steps=0", "optim.lr=1e-2", "optim.weight_decay=0",
             "data.split_by=samples", "run.precision=bf16_params"]
-    one = common(scored_shards, tiny_anchors, tmp_path / "one", *args)
-    two = common(scored_shards, tiny_anchors, tmp_path / "two", *args)
-    two[two.index("data.batch_size=4")] = "data.batch_size=2"
-    assert train_main(one) == 0
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29521", "-m", "videomask.train", *two], capture_output=True, text=True, env=ENV, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    one_and_two_processes(scored_shards, tiny_anchors, tmp_path, args, 29521)
     w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     moved = torch.cat([(w1[k] - w2[k]).abs().flatten() for k in w1 if w1[k].is_floating_point()])
     # measured here: 0.023 (0.021 with fp32 weights: masked tokens are averaged per process); a process that

@@ -66,16 +66,21 @@ def test_resume_gives_the_same_weights(scored_shards, tiny_anchors, tmp_path, dr
     assert ckpt["step"] == 6 and "optimizer" in ckpt and "scheduler" in ckpt
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_match_one_with_the_doubled_batch(scored_shards, tiny_anchors, tmp_path):
-    args = ["optim.max_steps=4", "data.split_by=samples"]
-    one = common(scored_shards, tiny_anchors, tmp_path / "one", *args)
-    two = common(scored_shards, tiny_anchors, tmp_path / "two", *args)
+def one_and_two_processes(scored, anchors, tmp_path, args, port: int):
+    """The same run in one process (batch 4, ``tmp_path/one``) and in two under torchrun (batch 2 each,
+    ``tmp_path/two``)."""
+    one = common(scored, anchors, tmp_path / "one", *args)
+    two = common(scored, anchors, tmp_path / "two", *args)
     two[two.index("data.batch_size=4")] = "data.batch_size=2"
     assert train_main(one) == 0
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29517", "-m", "videomask.train", *two], capture_output=True, text=True, env=ENV, timeout=600)
+                        str(port), "-m", "videomask.train", *two], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_with_the_doubled_batch(scored_shards, tiny_anchors, tmp_path):
+    one_and_two_processes(scored_shards, tiny_anchors, tmp_path, ["optim.max_steps=4", "data.split_by=samples"], 29517)
     l1, l2 = [x["loss"] for x in metrics(tmp_path / "one")], [x["loss"] for x in metrics(tmp_path / "two")]
     assert len(l1) == len(l2) == 4
     # the losses agree up to how masked tokens are averaged (per process, then over processes)
