@@ -169,7 +169,8 @@ def corpus_lines(path: Path) -> tuple[list[str | None], list[tuple[int, str]]]:
 
 def _unmarked(text: str, markup: str) -> tuple[str, str]:
     """(the text without its markup, the markup it had: ``plain`` when none). ``markup``: auto (detected from the
-    content), plain (left as it is), rst, markdown or html."""
+    content), plain (left as it is), rst, markdown or html. A document its parser cannot read raises
+    ``MarkupError`` (a ValueError) naming the problem."""
     kind = detect(text) if markup == "auto" else markup
     return (text, "plain") if kind == "plain" else (to_text(text, kind), kind)
 
@@ -186,14 +187,25 @@ def read_corpus(path: Path, root: Path, split: str, text_field: str, markup: str
         return [], [_error(path, str(e))]
     errors += [_error(f"{path}:{n}", reason) for n, reason in bad]
     ext = path.suffix.lower()
-    if ext in MARKUP_EXTS or (ext == ".txt" and markup != "plain"):
-        whole = "\n".join(line for line in lines if line is not None)
-        text, kind = _unmarked(whole, MARKUP_EXTS[ext] if ext in MARKUP_EXTS and markup == "auto" else markup)
-        if kind != "plain" or ext in MARKUP_EXTS:  # a document; a .txt without markup stays a line per document
-            if not text.strip():
-                return [], errors + [_error(path, f"no text left once its {kind} markup is removed")]
-            return [Input(id=rel, kind="text", split=split, source=str(path), text=text,
-                          extra={"markup": kind})], errors
+    kind = MARKUP_EXTS.get(ext, "plain") if markup == "auto" else markup
+    if ext == ".txt" and markup == "auto":  # a document a line, unless the file reads as one page of markup
+        head, size = [], 0
+        for line in lines:
+            if line is not None and size < 200_000:
+                head.append(line)
+                size += len(line) + 1
+        kind = detect("\n".join(head), lines_are_documents=True)
+    if ext in MARKUP_EXTS or (ext == ".txt" and kind != "plain"):  # the file is one document
+        try:
+            text, kind = _unmarked("\n".join(line for line in lines if line is not None), kind)
+        except ValueError as e:
+            return [], errors + [_error(path, f"cannot be read as {kind}: {e}")]
+        if not text.strip():
+            return [], errors + [_error(path, f"no text left once its {kind} markup is removed")]
+        # the file name with its extension: guide.rst, guide.md and guide.html are three documents
+        doc_id = rel + ext if ext in MARKUP_EXTS else rel
+        return [Input(id=doc_id, kind="text", split=split, source=str(path), text=text,
+                      extra={"markup": kind})], errors
     for n, line in enumerate(lines, 1):
         if line is None or not line.strip():
             continue
@@ -213,7 +225,11 @@ def read_corpus(path: Path, root: Path, split: str, text_field: str, markup: str
             extra = {k: v for k, v in row.items() if k not in RESERVED_FIELDS and k != text_field}
             split = row.get("split", split)
             if markup != "plain":  # a document of a JSON corpus may be a page of markup
-                text, kind = _unmarked(text, markup)
+                try:
+                    text, kind = _unmarked(text, markup)
+                except ValueError as e:
+                    errors.append(_error(f"{path}:{n}", f"cannot be read as markup: {e}"))
+                    continue
                 if kind != "plain":
                     extra["markup"] = kind
         else:
