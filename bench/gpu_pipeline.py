@@ -10,7 +10,8 @@ that never initialised CUDA fell back to the CPU, and the run fails. The stages:
 ``--world``, made beforehand: the GPU machine has no PyAV to encode videos), the build with worker processes,
 TF-ICF anchors, the tiny CLIP fitted on the GPU, scoring (bf16 autocast, DataLoader workers) and the ground
 truth, the base model and continued pretraining (random and difference, two seeds each, from shards with loader
-workers), fine-tuning (linear probe and full), the zero-shot probe, a 2-process ``torchrun`` training on the one
+workers; then one difference cell with ``data.decode=device``: the JPEGs decoded by nvjpeg in the training
+process instead of by the CPU workers), fine-tuning (linear probe and full), the zero-shot probe, a 2-process ``torchrun`` training on the one
 GPU (nccl, else gloo: nccl refuses two ranks on one GPU), and the text path (a MiniLM masked LM: text shards,
 word scores from the text encoder, continued pretraining). Each stage's log is in ``OUT/logs/``; the last line
 printed is one JSON summary (also ``OUT/summary.json``): per stage the wall time, its rate (clips/s, samples/s
@@ -191,6 +192,13 @@ def run(a) -> dict:
                                f"masking.seed={seed}", f"run.out={out / name}", f"optim.max_steps={steps['cpt']}",
                                "optim.warmup_steps=1", *common])
             r.update(train_rates(out / name))
+    # the same cell with the JPEGs decoded on the training device (nvjpeg on CUDA) instead of in the CPU workers:
+    # samples/s and data-wait against the cell above
+    name = "cpt_difference_decode_device"
+    r = p.stage(name, ["train", HERE.parent / "configs" / "train_default.yaml", f"data.train={out / 'truth'}",
+                       f"model.init={out / 'base'}", "masking.strategy=difference", f"run.out={out / name}",
+                       f"optim.max_steps={steps['cpt']}", "optim.warmup_steps=1", "data.decode=device", *common])
+    r.update(train_rates(out / name))
     for mode in ("probe", "full"):
         r = p.stage(f"finetune_{mode}", ["finetune", HERE.parent / "configs" / "finetune_demo.yaml",
                                          f"shards={out / 'truth'}", f"init={cells[-1]}", f"mode={mode}",

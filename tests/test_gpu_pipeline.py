@@ -9,8 +9,8 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 STAGES = {"build_general", "build_target", "anchors", "tiny_clip", "score", "truth", "base", "cpt_random_s0",
-          "cpt_difference_s0", "finetune_probe", "finetune_full", "probe", "torchrun_gloo", "text_build",
-          "text_anchors", "text_score", "text_train"}
+          "cpt_difference_s0", "cpt_difference_decode_device", "finetune_probe", "finetune_full", "probe",
+          "torchrun_gloo", "text_build", "text_anchors", "text_score", "text_train"}
 
 
 @pytest.mark.slow
@@ -23,7 +23,8 @@ def test_the_gpu_pipeline_runs_every_stage_on_cpu(tmp_path):
     assert summary["ok"] and not summary["failures"] and STAGES <= set(summary["stages"])
     stages = summary["stages"]
     assert all(s["exit"] == 0 for s in stages.values())
-    for name in ("base", "cpt_random_s0", "cpt_difference_s0", "torchrun_gloo", "text_train"):
+    for name in ("base", "cpt_random_s0", "cpt_difference_s0", "cpt_difference_decode_device", "torchrun_gloo",
+                 "text_train"):
         assert stages[name]["samples_per_s"] > 0 and 0 <= stages[name]["data_wait"] < 1, name
     assert 0 <= stages["finetune_probe"]["test_accuracy"] <= 1
     assert (tmp_path / "gpu" / "logs" / "text_train.log").exists()

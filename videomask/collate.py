@@ -5,9 +5,10 @@
 
 ``batch``: ``input_ids`` / ``attention_mask`` / ``labels`` (-100 wherever a token is not
 masked) / ``text_mask`` ``[B, L]``; for video samples also ``frames`` uint8
-``[B, T, 3, S, S]``, ``frame_valid`` ``[B, T]`` and ``patch_mask`` ``[B, T, gh, gw]``
-(True = masked); ``keys``. With ``text_only=True`` only the three keys a Hugging Face
-masked-LM takes, so the collator plugs into ``transformers.Trainer`` as it is.
+``[B, T, 3, S, S]`` (a ``jpeg.EncodedBatch`` when the samples' frames are still JPEGs, ``data.decode=device``),
+``frame_valid`` ``[B, T]`` and ``patch_mask`` ``[B, T, gh, gw]`` (True = masked); ``keys``. With
+``text_only=True`` only the three keys a Hugging Face masked-LM takes, so the collator plugs into
+``transformers.Trainer`` as it is.
 
 Word scores are stored per word with character offsets; a fast tokenizer's offset
 mapping gives each token the word it starts in, and the word's score. Tokens outside
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from . import masking
+from .jpeg import EncodedBatch, EncodedFrames
 from .masking import MaskingConfig, strategies
 
 
@@ -250,7 +252,11 @@ class MaskingCollator:
             if s.get("frames") is not None and (s["frames"].shape[1:] != (3, S, S) or s["frames"].shape[0] > T):
                 raise masking.MaskingError(f"sample {s['key']}: frames {tuple(s['frames'].shape)} don't match the "
                                            f"batch's [{T}, 3, {S}, {S}]")
-        if all(has) and all(s["frames"].shape[0] == T for s in samples):
+        if isinstance(first["frames"], EncodedFrames):  # data.decode=device: decoded by the loader in the training process
+            frames = EncodedBatch([s["frames"] if h else None for s, h in zip(samples, has)], T, (S, S))
+            frame_valid = torch.tensor([[h and t < s["frames"].shape[0] for t in range(T)] for s, h in zip(samples, has)],
+                                       dtype=torch.bool)
+        elif all(has) and all(s["frames"].shape[0] == T for s in samples):
             frames = torch.stack([s["frames"] for s in samples])  # the common case: one copy
             frame_valid = torch.ones(len(samples), T, dtype=torch.bool)
         else:

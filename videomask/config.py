@@ -40,6 +40,9 @@ class DataConfig:
     resampled: bool = False  # draw shards with replacement (multi-node): no epochs, never runs dry
     split_by: str = "shards"  # across processes: "shards" (scales) or "samples" (every process reads all)
     cache: bool = False  # keep the decoded samples in memory after the first epoch (small data; workers=0)
+    # where JPEG frames are decoded: "workers" (on the CPU, in the loader's processes) or "device" (each batch in
+    # the training process, on its device: nvjpeg on CUDA, which frees CPU workers when they cannot keep up)
+    decode: str = "workers"
     # above this share of samples skipped as unusable (per epoch, or once 200 were read) the run stops, naming
     # the commonest reasons: a few bad samples are skipped and counted, a broken dataset is not trained on
     max_skip_fraction: float = 0.01
@@ -53,6 +56,8 @@ class DataConfig:
         if self.cache and (self.workers or self.resampled or self.shuffle):
             raise ConfigError("data.cache keeps one process's samples in shard order: it needs data.workers=0, "
                               "data.resampled=false and data.shuffle=0")
+        if self.decode not in ("workers", "device"):
+            raise ConfigError(f"data.decode must be 'workers' or 'device', got {self.decode!r}")
         if self.split_by not in ("shards", "samples"):
             raise ConfigError(f"data.split_by must be 'shards' or 'samples', got {self.split_by!r}")
 

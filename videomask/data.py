@@ -44,7 +44,7 @@ import webdataset as wds
 from . import tarstream
 from . import urls as urls_mod
 from .errors import DataError, MissingError
-from .jpeg import decode_frames, decode_jpeg, jpeg_size  # noqa: F401  (decode_jpeg: part of data's API)
+from .jpeg import EncodedFrames, decode_frames, decode_jpeg, jpeg_size  # noqa: F401  (decode_jpeg: part of data's API)
 
 FRAME_RE = re.compile(r"^f(\d{3,})\.jpe?g$")
 SAFE_EXTS = {"jpg", "jpeg", "json", "txt", "npy"}
@@ -439,13 +439,16 @@ class Validate:
             yield s
 
 
-def to_sample(sample: dict, frames: bool = True) -> dict:
+def to_sample(sample: dict, frames: bool | str = True) -> dict:
     """A sample that ``Validate`` passed -> ``{"key", "frames", "text", "words", "meta", ...arrays}``.
-    ``frames=False`` leaves the JPEGs undecoded (``frames`` is None): for text-only consumers."""
+    ``frames=False`` leaves the JPEGs out (``frames`` is None): for text-only consumers; ``frames="encoded"``
+    keeps them undecoded (``jpeg.EncodedFrames``), for decoding on the training device (``data.decode=device``)."""
     meta = sample["json"]
     names = frame_names(sample)
     decoded = None
-    if frames and names:
+    if frames == "encoded" and names:
+        decoded = EncodedFrames([sample[n] for n in names])
+    elif frames and names:
         try:
             decoded = decode_frames([sample[n] for n in names])
         except ValueError as e:  # a JPEG whose header was fine and whose data is not
@@ -460,7 +463,7 @@ def to_sample(sample: dict, frames: bool = True) -> dict:
 
 
 def dataset(path, split: str | None = None, *, resampled: bool = False, shuffle: int = 0, seed: int = 0,
-            handler: ErrorCounter | None = None, split_by_node: bool = True, frames: bool = True,
+            handler: ErrorCounter | None = None, split_by_node: bool = True, frames: bool | str = True,
             shuffle_initial: int = 0) -> wds.DataPipeline:
     """The sample pipeline over ``path`` (see ``shard_urls``).
 

@@ -1,5 +1,6 @@
 """JPEG frames: their size from the header alone, and decoding (one frame with Pillow, a clip's frames in one
-call of torchvision's decoder). Used by the shard loader (``videomask.data``) and the scorer."""
+call of torchvision's decoder, or a batch's frames on the training device). Used by the shard loader
+(``videomask.data``, ``videomask.loader``) and the scorer."""
 from __future__ import annotations
 
 import io
@@ -38,7 +39,7 @@ def decode_frames(jpegs: list[bytes]) -> torch.Tensor:
         frames = []
         for b in jpegs:
             try:
-                frames.append(torch.from_numpy(decode_jpeg(b)).permute(2, 0, 1))
+                frames.append(torch.from_numpy(decode_jpeg(b).copy()).permute(2, 0, 1))  # Pillow's array is read-only
             except (OSError, ValueError, SyntaxError) as e:
                 raise ValueError(f"{type(e).__name__}: {e}") from None
     if len({tuple(f.shape) for f in frames}) > 1:
@@ -46,10 +47,83 @@ def decode_frames(jpegs: list[bytes]) -> torch.Tensor:
     # [T, 3, H, W] over channels-last memory, as the loader has always given (the model's first layers then
     # round as they always did: a change of layout alone moved the demo's table); filled frame by frame,
     # which is also faster than torch.stack here
-    out = torch.empty(len(frames), *frames[0].shape[1:], 3, dtype=torch.uint8)
+    return _channels_last(frames, torch.empty(len(frames), *frames[0].shape[1:], 3, dtype=torch.uint8))
+
+
+def _channels_last(frames: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """Decoded frames ([3, H, W] each) into ``out`` ([T, H, W, 3]); returns it as [T, 3, H, W]."""
     for t, f in enumerate(frames):
         out[t].copy_(f.permute(1, 2, 0))
     return out.permute(0, 3, 1, 2)
+
+
+class EncodedFrames:
+    """A clip's JPEG frames, not yet decoded (``data.decode=device``): ``shape`` is that of the decoded clip,
+    [T, 3, H, W] (from the first frame's header; ``Validate`` checked every frame's), so the collator batches it
+    like decoded frames."""
+
+    __slots__ = ("jpegs", "shape")
+
+    def __init__(self, jpegs: list[bytes]):
+        w, h = jpeg_size(jpegs[0])
+        self.jpegs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+        self.shape = torch.Size((len(jpegs), 3, h, w))
+
+
+class EncodedBatch:
+    """A batch's clips as JPEGs (``EncodedFrames`` or None per row), decoded by ``decode(device)`` in the training
+    process: on CUDA by nvjpeg, all the batch's frames in one call (torchvision's batched ``decode_jpeg``), which
+    frees the loader's CPU workers of the decoding. Stands in the batch where ``frames`` would be."""
+
+    def __init__(self, rows: list[EncodedFrames | None], frames: int, size: tuple[int, int]):
+        self.rows, self.frames, self.size = rows, frames, size
+
+    def __len__(self):
+        return len(self.rows)
+
+    def decode(self, device) -> tuple[torch.Tensor, dict[int, str]]:
+        """uint8 [B, T, 3, H, W] on ``device`` (channels-last memory, zeros where a row has fewer frames), and the
+        rows that could not be decoded ({row: why}; their frames are zeros: the caller drops them). A row the
+        device's decoder refuses (nvjpeg does not read every JPEG libjpeg-turbo does) is decoded on the CPU
+        (``decode_frames``) and copied over; only a row neither reads is bad. On the CPU the pixels are those of
+        ``decode_frames`` (the same decoder); nvjpeg's IDCT may differ from libjpeg-turbo's by a level or two."""
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_jpeg as tv_decode
+
+        device = torch.device(device)
+        h, w = self.size
+        out = torch.zeros(len(self.rows), self.frames, h, w, 3, dtype=torch.uint8, device=device)
+        flat = [j for r in self.rows if r is not None for j in r.jpegs]
+        bad: dict[int, str] = {}
+
+        def dec(jpegs):
+            with warnings.catch_warnings():  # torchvision's deprecation notice of its image decoders
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return tv_decode(jpegs, mode=ImageReadMode.RGB, device=device)
+        try:
+            decoded = dec(flat) if flat else []
+        except RuntimeError:
+            decoded = None  # some frame it cannot read: row by row, to find which
+        i = 0
+        for b, r in enumerate(self.rows):
+            if r is None:
+                continue
+            n = len(r.jpegs)
+            try:
+                if decoded is not None:
+                    frames = decoded[i:i + n]
+                else:
+                    try:
+                        frames = dec(r.jpegs)
+                    except RuntimeError:  # e.g. CMYK, which nvjpeg does not read: the CPU decoder's fallbacks
+                        frames = list(decode_frames([bytes(j.numpy()) for j in r.jpegs]).to(device))
+                if any(tuple(f.shape) != (3, h, w) for f in frames):
+                    raise ValueError(f"a frame decodes to {tuple(frames[0].shape)}, not (3, {h}, {w})")
+                _channels_last(frames, out[b])
+            except ValueError as e:
+                bad[b] = str(e)[:200]
+            i += n
+        return out.permute(0, 1, 4, 2, 3), bad
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}

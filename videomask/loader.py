@@ -21,6 +21,7 @@ import webdataset as wds
 
 from . import data
 from .errors import DataError
+from .jpeg import EncodedBatch
 
 _REPORT = "_loader_report"  # the key a worker's counts travel under (never seen outside this module)
 
@@ -207,9 +208,10 @@ class Loader:
     worker; ``totals()``: the same over the run."""
 
     def __init__(self, pipe, workers: int, seed: int, handler: data.ErrorCounter, windows: "Windows",
-                 max_skip_fraction: float):
-        self.handler, self.windows = handler, windows
+                 max_skip_fraction: float, decode_device=None):
+        self.handler, self.windows, self.decode_device = handler, windows, decode_device
         self.skips = SkipReport(max_skip_fraction)
+        self._decode_skips: Counter = Counter()  # this epoch's rows whose JPEGs the device could not decode
         self._windows: dict[int, dict] = {}  # each worker's latest window counts, this epoch
         self._short_texts = 0  # rows of this epoch too short to mask (the collator's count)
         self._past: Counter = Counter()
@@ -221,7 +223,7 @@ class Loader:
 
     def __iter__(self):
         self._past += self.counts
-        self._windows, self._short_texts = {}, 0
+        self._windows, self._short_texts, self._decode_skips = {}, 0, Counter()
         self.handler.reset()  # counts per epoch (DataLoader workers start from these copies)
         self.windows.counts = Counter()
         for item in self.dataloader:
@@ -230,7 +232,28 @@ class Loader:
             self._windows[r["worker"]] = r["windows"]
             if "input_ids" in item:  # else a worker's closing report
                 self._short_texts += int(item.pop("short_texts", 0))
+                if isinstance(item.get("frames"), EncodedBatch):
+                    item = self.decode(item)
+                    if item is None:
+                        continue
                 yield item
+
+    def decode(self, batch: dict) -> dict | None:
+        """``data.decode=device``: the batch's JPEGs decoded on ``decode_device``. A sample whose frames no decoder
+        reads is dropped from the batch and counted as ``corrupt_frame`` with the loader's other skips (what the
+        workers do when they decode); None when no row is left."""
+        frames, bad = batch["frames"].decode(self.decode_device)
+        batch["frames"] = frames
+        if not bad:
+            return batch
+        for b, why in bad.items():
+            msg = f"sample {batch['keys'][b]} has a frame that cannot be decoded on {self.decode_device} ({why})"
+            if not self._decode_skips and self.handler.verbose:
+                print(f"videomask.data: skipped (corrupt_frame: {msg})")
+            self._decode_skips["corrupt_frame"] += 1
+            self.skips.update("device", 0, dict(self._decode_skips), {"corrupt_frame": msg})
+        keep = [b for b in range(len(batch["keys"])) if b not in bad]
+        return take_rows(batch, keep) if keep else None
 
     @property
     def counts(self) -> Counter:
@@ -243,14 +266,31 @@ class Loader:
         return self._past + self.counts
 
 
-def make_loader(cfg, folder: str, split: str, collate, rank: int, world: int, train: bool) -> Loader:
+def take_rows(batch: dict, rows: list[int]) -> dict:
+    """The batch's rows ``rows``: every tensor and list with one entry per row (``keys``) indexed."""
+    n = len(batch["keys"])
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v) and v.dim() and v.shape[0] == n:
+            v = v[torch.tensor(rows, device=v.device)]
+        elif isinstance(v, list) and len(v) == n:
+            v = [v[i] for i in rows]
+        out[k] = v
+    return out
+
+
+def make_loader(cfg, folder: str, split: str, collate, rank: int, world: int, train: bool, device=None) -> Loader:
     """The ``Loader`` of ``split`` of ``folder`` for a ``TrainConfig``: shuffled and (optionally) resampled for
     training, split across processes by shard (or by sample, ``data.split_by``), unusable samples skipped and
-    counted, long text-only documents as windows, the decoded samples cached when ``data.cache``."""
+    counted, long text-only documents as windows, the decoded samples cached when ``data.cache``. With
+    ``data.decode=device`` the workers pass the JPEGs on undecoded and the loader decodes each batch on ``device``
+    (the training process's)."""
     by_samples = cfg.data.split_by == "samples" and world > 1
+    on_device = cfg.data.decode == "device"
     handler = data.ErrorCounter()  # unusable samples are skipped and counted by reason (videomask.data.Validate)
     pipe = data.dataset(folder, split or None, resampled=train and cfg.data.resampled, seed=cfg.run.seed,
-                        shuffle=cfg.data.shuffle if train else 0, split_by_node=not by_samples, handler=handler)
+                        shuffle=cfg.data.shuffle if train else 0, split_by_node=not by_samples, handler=handler,
+                        frames="encoded" if on_device else True)
     if by_samples:
         pipe.append(data.split_samples(rank, world))
     # text-only documents longer than the context become overlapping windows (never silently truncated)
@@ -259,5 +299,6 @@ def make_loader(cfg, folder: str, split: str, collate, rank: int, world: int, tr
     if cfg.data.cache:  # decoded samples kept after the first pass; masks are still drawn per epoch in collate
         pipe = wds.DataPipeline(Cached(pipe))
     pipe.append(wds.batched(cfg.data.batch_size, collation_fn=collate, partial=not train))
-    return Loader(pipe, cfg.data.workers, cfg.run.seed, handler, windows, cfg.data.max_skip_fraction)
+    return Loader(pipe, cfg.data.workers, cfg.run.seed, handler, windows, cfg.data.max_skip_fraction,
+                  decode_device=(device or "cpu") if on_device else None)
 

@@ -354,9 +354,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
     model = model.to(device)
     grid = getattr(model, "grid", None)
     collate.patch_grid = (grid, grid) if grid else None
-    loader = make_loader(cfg, cfg.data.train, cfg.data.train_split, collate, rank, world, train=True)
-    val_loader = (make_loader(cfg, cfg.data.val or cfg.data.train, cfg.data.val_split, collate, rank, world, False)
-                  if cfg.data.val_split else None)
+    loader = make_loader(cfg, cfg.data.train, cfg.data.train_split, collate, rank, world, train=True, device=device)
+    val_loader = (make_loader(cfg, cfg.data.val or cfg.data.train, cfg.data.val_split, collate, rank, world, False,
+                              device=device) if cfg.data.val_split else None)
 
     fsdp = world > 1 and cfg.run.parallel == "fsdp"
     # bf16 parameters before DDP wraps the model: its gradient hooks belong to the parameters it was built with

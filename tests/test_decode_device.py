@@ -1,0 +1,73 @@
+"""``data.decode=device``: the loader's workers pass JPEGs on undecoded and each batch is decoded in the training
+process, on its device (nvjpeg on CUDA). On the CPU the same path runs with the CPU decoder, so these tests hold it
+to the pixels, the weights and the skip counts of decoding in the workers."""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from test_reliability import copies, folder_of, train_samples
+from test_train import common
+
+from videomask.config import ConfigError, load_config
+from videomask.jpeg import EncodedBatch, EncodedFrames, decode_frames
+from videomask.train import main as train_main
+
+
+def jpeg(seed: int, size=(24, 32)) -> bytes:
+    arr = (np.random.default_rng(seed).random((*size, 3)) * 255).astype(np.uint8)
+    b = io.BytesIO()
+    Image.fromarray(arr).save(b, "JPEG")
+    return b.getvalue()
+
+
+def cut_after_header(data: bytes) -> bytes:
+    """A JPEG whose header reads (its size is known, Validate passes it) and whose image data is gone."""
+    return data[:data.index(b"\xff\xc0") + 19]
+
+
+def test_a_batch_decodes_to_the_workers_pixels_and_layout():
+    a, b = [jpeg(i) for i in range(3)], [jpeg(10 + i) for i in range(2)]
+    batch = EncodedBatch([EncodedFrames(a), None, EncodedFrames(b)], 3, (24, 32))
+    frames, bad = batch.decode("cpu")
+    assert bad == {} and frames.shape == (3, 3, 3, 24, 32) and frames.dtype == torch.uint8
+    ref = torch.stack([decode_frames(a), torch.zeros(3, 3, 24, 32, dtype=torch.uint8),
+                       torch.cat([decode_frames(b), torch.zeros(1, 3, 24, 32, dtype=torch.uint8)])])
+    assert torch.equal(frames, ref)
+    # the same memory layout as the collated worker-decoded frames (channels last): the model rounds the same
+    assert frames.stride() == torch.stack([decode_frames(a)] * 3).stride()
+
+
+def test_a_row_no_decoder_reads_is_named_and_the_others_decode():
+    good, broken = [jpeg(1), jpeg(2)], [jpeg(3), cut_after_header(jpeg(4))]
+    frames, bad = EncodedBatch([EncodedFrames(good), EncodedFrames(broken)], 2, (24, 32)).decode("cpu")
+    assert list(bad) == [1] and "cannot" in bad[1]
+    assert torch.equal(frames[0], decode_frames(good)) and not frames[1].any()
+
+
+def test_decode_on_the_device_trains_the_same_weights(scored_shards, tiny_anchors, tmp_path):
+    args = ["optim.max_steps=4", "data.batch_size=2"]
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "workers", *args)) == 0
+    assert train_main(common(scored_shards, tiny_anchors, tmp_path / "device", *args, "data.decode=device",
+                             "data.workers=1")) == 0
+    a, b = load_file(tmp_path / "workers" / "model.safetensors"), load_file(tmp_path / "device" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="data.decode"):
+        load_config([], ["data.decode=gpu"])
+
+
+@pytest.mark.parametrize("decode", ["workers", "device"])
+def test_a_frame_that_cannot_be_decoded_is_skipped_and_counted(scored_shards, tiny_anchors, tmp_path, capsys, decode):
+    damage = lambda m: {**m, "f001.jpg": cut_after_header(m["f001.jpg"])}  # noqa: E731
+    folder = folder_of(tmp_path / "data", copies(train_samples(scored_shards), 12, 1, damage))
+    out = tmp_path / "run"
+    assert train_main(common(folder, tiny_anchors, out, "optim.max_steps=6", "data.max_skip_fraction=0.5",
+                             f"data.decode={decode}")) == 0
+    printed = capsys.readouterr().out
+    assert "skipped (corrupt_frame:" in printed and "-c0" in printed, printed  # the sample named
+    epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "samples_read" in x]
+    assert epochs and all((e["samples_read"], e["samples_skipped"], e["skipped_corrupt_frame"]) == (12, 1, 1)
+                          for e in epochs), epochs
