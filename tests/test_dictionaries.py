@@ -78,7 +78,7 @@ def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path
     args = ["configs/ablation_text.yaml", f"task={tmp_path / 'foldoc' / 'task'}",
             f"corpus={tmp_path / 'foldoc' / 'corpus'}", f"out={out}", "seeds=[0]", "strategies=[random]",
             "optim.max_steps=2", "optim.warmup_steps=0", "anchor_k=5", "probe=false", f"base_corpus={general}",
-            f"base=[{small},optim.max_steps=3,optim.warmup_steps=0,data.shuffle=0]", "base_full_steps=2",
+            f"base=[{small},optim.max_steps=3,optim.warmup_steps=0,data.shuffle=0]", "base_full_steps=2", "base_full=[optim.lr=1e-4]",
             f"pretrain=[{small}]", "finetune=[epochs=1,max_text_len=16]"]
     assert experiments.main(args) == 0
     head, full = out / "base" / "head", out / "base" / "full"

@@ -127,6 +127,7 @@ class ExperimentConfig:
     base_files: list = field(default_factory=list)
     base: list = field(default_factory=list)  # key=value overrides of the base stage's config
     base_full_steps: int = 0
+    base_full: list = field(default_factory=list)  # key=value overrides of the full stage (its lr: optim.lr=1e-4)
 
     def __post_init__(self):
         if not self.strategies or not self.seeds:
@@ -259,7 +260,8 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
         raise ConfigError(f"base_corpus={cfg.base_corpus}: no held-out text to measure the base on (give a folder "
                           "with train/ and test/)")
     stages = [("head", [])] + ([("full", ["optim.train=[]", "optim.freeze=[]", f"optim.max_steps={cfg.base_full_steps}",
-                                           f"model.init={out / 'base' / 'head'}"])] if cfg.base_full_steps else [])
+                                           f"model.init={out / 'base' / 'head'}", *cfg.base_full])]
+                               if cfg.base_full_steps else [])
     held_out = {"general": (shards, "test"), "domain": (out / "data" / "task" / "shards", "test")}
     report_path = out / "base" / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
