@@ -97,6 +97,8 @@ def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path
     assert f"  init: {full}\n" in (out / "cells" / "no_continued_pretraining_s0" / "finetune" / "config.yaml").read_text()
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["condition"] for r in rows] == ["no continued pretraining", "random"]
+    bow = json.loads((out / "data" / "bag_of_words.json").read_text())
+    assert bow["n"] == 6 and len(bow["correct"]) == 6 and "Vocabulary alone" in (out / "results.md").read_text()
     # rerun: nothing is trained again
     stamp = (head / "model.safetensors").stat().st_mtime_ns
     assert experiments.main(args) == 0 and (head / "model.safetensors").stat().st_mtime_ns == stamp
@@ -105,3 +107,15 @@ def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path
         experiments.load_config([], [f"task={tmp_path}", f"corpus={tmp_path}", f"base_corpus={general}"])
     with pytest.raises(ConfigError, match="base_corpus is the base stage of a text task"):
         experiments.load_config([], [f"base_corpus={general}"])
+
+
+def test_bag_of_words_reads_what_vocabulary_tells():
+    from videomask.baselines import bag_of_words
+
+    words = {"net": "packet router socket", "lang": "syntax compiler grammar"}
+    rows = [{"split": split, "label": label, "text": f"{w} item {i}"} for split, n in (("train", 6), ("val", 4), ("test", 4))
+            for label, w in words.items() for i in range(n)]
+    r = bag_of_words(rows)
+    assert r["accuracy"] == r["macro_f1"] == 1.0 and r["n"] == 8 and r["C"] in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+    flipped = [{**x, "label": "lang" if x["label"] == "net" else "net"} if x["split"] == "test" else x for x in rows]
+    assert bag_of_words(flipped)["accuracy"] == 0.0  # it reads the words, not the order of the rows

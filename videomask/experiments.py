@@ -51,6 +51,7 @@ from . import anchors as anchors_mod
 from . import finetune as ft
 from . import masking, metrics, train
 from . import probe as probe_mod
+from .baselines import bag_of_words
 from .config import ConfigError, run_cli
 from .config import load_config as _load_layered
 
@@ -215,13 +216,18 @@ def prepare_text(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
     d = out / "data"
     task_shards, corpus_shards, scored_dir, anchors_path = (d / "task" / "shards", d / "corpus" / "shards",
                                                            d / "corpus" / "scored", d / "anchors.json")
-    if not (task_shards / "manifest.json").exists():
+    if not (task_shards / "manifest.json").exists() or not (d / "bag_of_words.json").exists():
         rows, errors = adapters.dsp(Path(cfg.task), cfg.dev_from_train)
         if not rows:
             raise ConfigError(f"task={cfg.task}: no usable line (see {d / 'task' / 'adapter_errors.jsonl'})")
-        m = build.build(adapters.write(rows, errors, d / "task"), task_shards, build.BuildOptions(kind="text"),
-                        progress=False)
-        logger.info(f"task: {build.summary(m, task_shards)}; {len(errors)} lines rejected")
+        if not (task_shards / "manifest.json").exists():
+            m = build.build(adapters.write(rows, errors, d / "task"), task_shards, build.BuildOptions(kind="text"),
+                            progress=False)
+            logger.info(f"task: {build.summary(m, task_shards)}; {len(errors)} lines rejected")
+        if any(r["split"] == "test" for r in rows):  # what the vocabulary alone carries, on the same split
+            bow = bag_of_words(rows)
+            (d / "bag_of_words.json").write_text(json.dumps(bow))
+            logger.info(f"bag of words (no model): test accuracy {bow['accuracy']:.3f}, macro-F1 {bow['macro_f1']:.3f}")
     if not (corpus_shards / "manifest.json").exists():
         m = build.build(Path(cfg.corpus), corpus_shards, build.BuildOptions(kind="text"), progress=False)
         logger.info(f"corpus: {build.summary(m, corpus_shards)}")
@@ -598,7 +604,13 @@ def report(cfg: ExperimentConfig, out: Path) -> list[dict]:
     if decided:
         (out / "verdict.json").write_text(json.dumps(decided, indent=1))
         logger.info(f"verdict: {decided['text']}")
-    (out / "results.md").write_text(markdown(summary, pairs, decided))
+    text = markdown(summary, pairs, decided)
+    bow = out / "data" / "bag_of_words.json"
+    if bow.exists():
+        b = json.loads(bow.read_text())
+        text += (f"\nVocabulary alone (bag of words: logistic regression on TF-IDF, C={b['C']:g} chosen on dev, same "
+                 f"split, no model): test accuracy {b['accuracy']:.3f}, macro-F1 {b['macro_f1']:.3f} ({b['n']} test items).\n")
+    (out / "results.md").write_text(text)
     bar_chart(summary, cfg.metric, out / "results.png", rows[0]["chance"],
               f"{rows[0]['test_n']} test samples, mean ± std over {seeds} seed{'s' if seeds > 1 else ''}", pairs)
     return rows
