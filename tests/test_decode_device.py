@@ -37,15 +37,38 @@ def test_a_batch_decodes_to_the_workers_pixels_and_layout():
     ref = torch.stack([decode_frames(a), torch.zeros(3, 3, 24, 32, dtype=torch.uint8),
                        torch.cat([decode_frames(b), torch.zeros(1, 3, 24, 32, dtype=torch.uint8)])])
     assert torch.equal(frames, ref)
-    # the same memory layout as the collated worker-decoded frames (channels last): the model rounds the same
-    assert frames.stride() == torch.stack([decode_frames(a)] * 3).stride()
+    # the memory layout of the collator's worker-decoded frames (the model's first layers round by it): contiguous
+    # when rows are padded, channels last when every row has all its frames
+    assert frames.is_contiguous()
+    full, _ = EncodedBatch([EncodedFrames(a)] * 2, 3, (24, 32)).decode("cpu")
+    assert full.stride() == torch.stack([decode_frames(a)] * 2).stride() and not full.is_contiguous()
 
 
 def test_a_row_no_decoder_reads_is_named_and_the_others_decode():
-    good, broken = [jpeg(1), jpeg(2)], [jpeg(3), cut_after_header(jpeg(4))]
-    frames, bad = EncodedBatch([EncodedFrames(good), EncodedFrames(broken)], 2, (24, 32)).decode("cpu")
-    assert list(bad) == [1] and "cannot" in bad[1]
-    assert torch.equal(frames[0], decode_frames(good)) and not frames[1].any()
+    good, broken, half = [jpeg(1), jpeg(2)], [jpeg(3), cut_after_header(jpeg(4))], jpeg(5)
+    half = half[:len(half) // 2]  # its scan breaks off half-way
+    frames, bad = EncodedBatch([EncodedFrames(good), EncodedFrames(broken), EncodedFrames([jpeg(6), half])],
+                               2, (24, 32)).decode("cpu")
+    assert sorted(bad) == [1, 2] and "cannot" in bad[1]
+    assert torch.equal(frames[0], decode_frames(good)) and not frames[1:].any()
+
+
+def test_the_workers_pass_jpegs_and_the_loader_decodes_them(scored_shards, tiny_anchors, tmp_path):
+    from videomask.collate import MaskingCollator
+    from videomask.loader import make_loader
+    from videomask.masking import MaskingConfig
+    from videomask.model import load_tokenizer
+
+    cfg = load_config([], common(scored_shards, tiny_anchors, tmp_path, "data.decode=device", "data.workers=1"))
+    collate = MaskingCollator(load_tokenizer(cfg.model), MaskingConfig("random"), patch_grid=(4, 4))
+    loader = make_loader(cfg, cfg.data.train, "train", collate, 0, 1, train=True, device="cpu")
+    raw = [b for b in loader.dataloader if "input_ids" in b]  # what leaves the worker: undecoded
+    assert raw and all(isinstance(b["frames"], EncodedBatch) for b in raw)
+    batches = list(loader)
+    assert [b["keys"] for b in batches] == [b["keys"] for b in raw]
+    assert all(b["frames"].dtype == torch.uint8 and b["frames"].shape[:2] == b["frame_valid"].shape for b in batches)
+    with pytest.raises(ConfigError, match="split_by=shards"):
+        load_config([], ["data.decode=device", "data.split_by=samples"])
 
 
 def test_decode_on_the_device_trains_the_same_weights(scored_shards, tiny_anchors, tmp_path):
@@ -71,3 +94,18 @@ def test_a_frame_that_cannot_be_decoded_is_skipped_and_counted(scored_shards, ti
     epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "samples_read" in x]
     assert epochs and all((e["samples_read"], e["samples_skipped"], e["skipped_corrupt_frame"]) == (12, 1, 1)
                           for e in epochs), epochs
+
+
+def test_with_the_cache_a_bad_sample_is_counted_once(scored_shards, tiny_anchors, tmp_path):
+    """The cache keeps samples as JPEGs when the device decodes them: one that fails is dropped from the cache,
+    not counted again every epoch (which would fail a run the workers path passes)."""
+    damage = lambda m: {**m, "f001.jpg": cut_after_header(m["f001.jpg"])}  # noqa: E731
+    folder = folder_of(tmp_path / "data", copies(train_samples(scored_shards), 12, 1, damage))
+    runs = {}
+    for decode in ("workers", "device"):
+        out = tmp_path / decode
+        assert train_main(common(folder, tiny_anchors, out, "optim.max_steps=12", "data.max_skip_fraction=0.2",
+                                 "data.cache=true", f"data.decode={decode}")) == 0
+        epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "samples_read" in x]
+        runs[decode] = [(e["samples_read"], e["samples_skipped"]) for e in epochs]
+        assert len(epochs) >= 3 and runs[decode][0] == (12, 1) and all(r == (0, 0) for r in runs[decode][1:])

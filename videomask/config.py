@@ -58,6 +58,10 @@ class DataConfig:
                               "data.resampled=false and data.shuffle=0")
         if self.decode not in ("workers", "device"):
             raise ConfigError(f"data.decode must be 'workers' or 'device', got {self.decode!r}")
+        if self.decode == "device" and self.split_by == "samples":
+            # every process reads every sample but would decode (and find bad) only its own share: the skip
+            # fraction would be diluted by the number of processes
+            raise ConfigError("data.decode=device decodes in the training process: use it with data.split_by=shards")
         if self.split_by not in ("shards", "samples"):
             raise ConfigError(f"data.split_by must be 'shards' or 'samples', got {self.split_by!r}")
 

@@ -60,13 +60,14 @@ def _channels_last(frames: list[torch.Tensor], out: torch.Tensor) -> torch.Tenso
 class EncodedFrames:
     """A clip's JPEG frames, not yet decoded (``data.decode=device``): ``shape`` is that of the decoded clip,
     [T, 3, H, W] (from the first frame's header; ``Validate`` checked every frame's), so the collator batches it
-    like decoded frames."""
+    like decoded frames. The frames stay ``bytes``: they leave a DataLoader worker pickled in one piece (a
+    tensor per frame would each go through shared memory with a file descriptor of its own: 40x slower)."""
 
     __slots__ = ("jpegs", "shape")
 
     def __init__(self, jpegs: list[bytes]):
         w, h = jpeg_size(jpegs[0])
-        self.jpegs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+        self.jpegs = [bytes(b) for b in jpegs]
         self.shape = torch.Size((len(jpegs), 3, h, w))
 
 
@@ -82,26 +83,31 @@ class EncodedBatch:
         return len(self.rows)
 
     def decode(self, device) -> tuple[torch.Tensor, dict[int, str]]:
-        """uint8 [B, T, 3, H, W] on ``device`` (channels-last memory, zeros where a row has fewer frames), and the
-        rows that could not be decoded ({row: why}; their frames are zeros: the caller drops them). A row the
-        device's decoder refuses (nvjpeg does not read every JPEG libjpeg-turbo does) is decoded on the CPU
-        (``decode_frames``) and copied over; only a row neither reads is bad. On the CPU the pixels are those of
-        ``decode_frames`` (the same decoder); nvjpeg's IDCT may differ from libjpeg-turbo's by a level or two."""
+        """uint8 [B, T, 3, H, W] on ``device`` (zeros where a row has fewer frames or none), and the rows that could
+        not be decoded ({row: why}; their frames are zeros: the caller drops them). The memory layout is the
+        collator's for decoded frames: channels last when every row has all its frames, else contiguous. A row
+        the device's decoder refuses (nvjpeg does not read every JPEG libjpeg-turbo does) is decoded on the CPU
+        (``decode_frames``) and copied over, with a warning; only a row neither reads is bad. Running out of device
+        memory is raised, not retried. On the CPU the pixels are those of ``decode_frames`` (the same decoder);
+        nvjpeg's IDCT may differ from libjpeg-turbo's by a level or two."""
         from torchvision.io import ImageReadMode
         from torchvision.io import decode_jpeg as tv_decode
 
         device = torch.device(device)
         h, w = self.size
         out = torch.zeros(len(self.rows), self.frames, h, w, 3, dtype=torch.uint8, device=device)
-        flat = [j for r in self.rows if r is not None for j in r.jpegs]
         bad: dict[int, str] = {}
 
         def dec(jpegs):
             with warnings.catch_warnings():  # torchvision's deprecation notice of its image decoders
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return tv_decode(jpegs, mode=ImageReadMode.RGB, device=device)
+                return tv_decode([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs],
+                                 mode=ImageReadMode.RGB, device=device)
+        flat = [j for r in self.rows if r is not None for j in r.jpegs]
         try:
             decoded = dec(flat) if flat else []
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError:
             decoded = None  # some frame it cannot read: row by row, to find which
         i = 0
@@ -115,15 +121,22 @@ class EncodedBatch:
                 else:
                     try:
                         frames = dec(r.jpegs)
-                    except RuntimeError:  # e.g. CMYK, which nvjpeg does not read: the CPU decoder's fallbacks
-                        frames = list(decode_frames([bytes(j.numpy()) for j in r.jpegs]).to(device))
+                    except torch.OutOfMemoryError:
+                        raise
+                    except RuntimeError as e:  # e.g. CMYK, which nvjpeg does not read: the CPU decoder's fallbacks
+                        frames = list(decode_frames(r.jpegs).to(device))
+                        if device.type != "cpu":
+                            warnings.warn(f"a clip's JPEGs were decoded on the CPU: the {device.type} decoder refused "
+                                          f"them ({str(e)[:150]})", RuntimeWarning, stacklevel=2)
                 if any(tuple(f.shape) != (3, h, w) for f in frames):
                     raise ValueError(f"a frame decodes to {tuple(frames[0].shape)}, not (3, {h}, {w})")
                 _channels_last(frames, out[b])
             except ValueError as e:
                 bad[b] = str(e)[:200]
             i += n
-        return out.permute(0, 1, 4, 2, 3), bad
+        frames = out.permute(0, 1, 4, 2, 3)
+        full = all(r is not None and r.shape[0] == self.frames for r in self.rows)
+        return (frames if full else frames.contiguous()), bad
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}

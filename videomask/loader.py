@@ -94,6 +94,7 @@ class Cached(torch.utils.data.IterableDataset):
     def __init__(self, source):
         super().__init__()
         self.source, self.samples = source, None
+        self.dropped: set = set()  # keys found unusable after they were read (data.decode=device): not replayed
 
     def __iter__(self):
         if self.samples is not None:
@@ -103,7 +104,14 @@ class Cached(torch.utils.data.IterableDataset):
         for s in self.source:
             seen.append(s)
             yield s
-        self.samples = seen
+        self.samples = [s for s in seen if s["key"] not in self.dropped]
+
+    def drop(self, keys):
+        """Samples that turned out unusable downstream (frames no decoder reads): skipped and counted once, in the
+        epoch that read them, like those the pipeline skips before the cache."""
+        self.dropped.update(keys)
+        if self.samples is not None:
+            self.samples = [s for s in self.samples if s["key"] not in self.dropped]
 
 
 class Windows:
@@ -208,8 +216,8 @@ class Loader:
     worker; ``totals()``: the same over the run."""
 
     def __init__(self, pipe, workers: int, seed: int, handler: data.ErrorCounter, windows: "Windows",
-                 max_skip_fraction: float, decode_device=None):
-        self.handler, self.windows, self.decode_device = handler, windows, decode_device
+                 max_skip_fraction: float, decode_device=None, cached: Cached | None = None):
+        self.handler, self.windows, self.decode_device, self.cached = handler, windows, decode_device, cached
         self.skips = SkipReport(max_skip_fraction)
         self._decode_skips: Counter = Counter()  # this epoch's rows whose JPEGs the device could not decode
         self._windows: dict[int, dict] = {}  # each worker's latest window counts, this epoch
@@ -248,10 +256,13 @@ class Loader:
             return batch
         for b, why in bad.items():
             msg = f"sample {batch['keys'][b]} has a frame that cannot be decoded on {self.decode_device} ({why})"
-            if not self._decode_skips and self.handler.verbose:
-                print(f"videomask.data: skipped (corrupt_frame: {msg})")
             self._decode_skips["corrupt_frame"] += 1
+            h = self.handler
+            if h.verbose and h.skipped + self._decode_skips["corrupt_frame"] <= h.max_messages:
+                print(f"videomask.data: skipped (corrupt_frame: {msg})")
             self.skips.update("device", 0, dict(self._decode_skips), {"corrupt_frame": msg})
+        if self.cached is not None:
+            self.cached.drop(batch["keys"][b] for b in bad)
         keep = [b for b in range(len(batch["keys"])) if b not in bad]
         return take_rows(batch, keep) if keep else None
 
@@ -296,9 +307,11 @@ def make_loader(cfg, folder: str, split: str, collate, rank: int, world: int, tr
     # text-only documents longer than the context become overlapping windows (never silently truncated)
     windows = Windows(collate.tokenizer, cfg.data.max_text_len, cfg.data.window_stride)
     pipe.append(windows)
+    cached = None
     if cfg.data.cache:  # decoded samples kept after the first pass; masks are still drawn per epoch in collate
-        pipe = wds.DataPipeline(Cached(pipe))
+        cached = Cached(pipe)
+        pipe = wds.DataPipeline(cached)
     pipe.append(wds.batched(cfg.data.batch_size, collation_fn=collate, partial=not train))
     return Loader(pipe, cfg.data.workers, cfg.run.seed, handler, windows, cfg.data.max_skip_fraction,
-                  decode_device=(device or "cpu") if on_device else None)
+                  decode_device=(device or "cpu") if on_device else None, cached=cached)
 
