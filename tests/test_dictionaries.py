@@ -76,8 +76,8 @@ def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path
     out = tmp_path / "abl"
     small = f"model.text={bert},data.batch_size=4,data.max_text_len=32"
     args = ["configs/ablation_text.yaml", f"task={tmp_path / 'foldoc' / 'task'}",
-            f"corpus={tmp_path / 'foldoc' / 'corpus'}", f"out={out}", "seeds=[0]", "strategies=[random]",
-            "optim.max_steps=2", "optim.warmup_steps=0", "anchor_k=5", "probe=false", f"base_corpus={general}",
+            f"corpus={tmp_path / 'foldoc' / 'corpus'}", f"out={out}", "seeds=[0]", "strategies=[difference,random]",
+            "optim.max_steps=2", "optim.warmup_steps=0", "anchor_k=5", f"base_corpus={general}",
             f"base=[{small},optim.max_steps=3,optim.warmup_steps=0,data.shuffle=0]", "base_full_steps=2", "base_full=[optim.lr=1e-4]",
             f"pretrain=[{small}]", "finetune=[epochs=1,max_text_len=16]"]
     assert experiments.main(args) == 0
@@ -95,8 +95,15 @@ def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path
     # every cell starts from the base stage's last run: continued pretraining and the no-pretraining baseline
     assert f"init: {full}" in (out / "cells" / "random_s0" / "pretrain" / "config.yaml").read_text()
     assert f"  init: {full}\n" in (out / "cells" / "no_continued_pretraining_s0" / "finetune" / "config.yaml").read_text()
+    # the gate ran first (baseline and random before difference, whatever the order of strategies) and decided
+    # whether difference ran at all
+    gate = json.loads((out / "gate.json").read_text())
+    assert set(gate["measures"]) == {"test accuracy", "mlm accuracy"}
+    assert gate["passes"] == all(m["lo"] > 0 for m in gate["measures"].values())
+    assert (out / "cells" / "difference_s0").exists() == gate["passes"]
+    assert gate["text"] in (out / "results.md").read_text()
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["condition"] for r in rows] == ["no continued pretraining", "random"]
+    assert [r["condition"] for r in rows][:2] == ["no continued pretraining", "random"]
     bow = json.loads((out / "data" / "bag_of_words.json").read_text())
     assert bow["n"] == 6 and len(bow["correct"]) == 6 and "Vocabulary alone" in (out / "results.md").read_text()
     # rerun: nothing is trained again
@@ -119,3 +126,21 @@ def test_bag_of_words_reads_what_vocabulary_tells():
     assert r["accuracy"] == r["macro_f1"] == 1.0 and r["n"] == 8 and r["C"] in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
     flipped = [{**x, "label": "lang" if x["label"] == "net" else "net"} if x["split"] == "test" else x for x in rows]
     assert bag_of_words(flipped)["accuracy"] == 0.0  # it reads the words, not the order of the rows
+
+
+def test_the_gate_reads_reference_minus_baseline_on_every_measure():
+    cfg = experiments.load_config(["configs/ablation_text.yaml"], ["task=t", "corpus=c"])
+    assert cfg.gate_first and cfg.strategies == ["random", "difference", "inverse_difference"]
+
+    def pair(measure, lo, hi):  # as the paired table holds it: baseline - reference
+        return {"condition": "no continued pretraining", "reference": "random", "measure": measure,
+                "mean": (lo + hi) / 2, "lo": lo, "hi": hi}
+    good = experiments.gate_check(cfg, [pair("test accuracy", -0.05, -0.01), pair("mlm accuracy", -0.07, -0.06)])
+    assert good["passes"] and good["measures"]["test accuracy"]["lo"] == 0.01
+    bad = experiments.gate_check(cfg, [pair("test accuracy", 0.016, 0.048), pair("mlm accuracy", -0.07, -0.06)])
+    assert not bad["passes"] and "-0.048" in bad["text"] and "fails" in bad["text"]
+    assert not experiments.gate_check(cfg, [pair("mlm accuracy", -0.07, -0.06)])["passes"]  # a measure missing
+    with pytest.raises(ConfigError, match="gate_first"):
+        experiments.load_config(["configs/ablation_text.yaml"], ["task=t", "corpus=c", "strategies=[difference]"])
+    with pytest.raises(ConfigError, match="probe must be true"):
+        experiments.load_config(["configs/ablation_text.yaml"], ["task=t", "corpus=c", "probe=false"])

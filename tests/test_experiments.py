@@ -101,7 +101,7 @@ def test_text_ablation_from_raw_folders(tmp_path):
     tok.save_pretrained(tmp_path / "bert")
     out = tmp_path / "abl"
     args = ["configs/ablation_text.yaml", f"task={task}", f"corpus={tmp_path / 'corpus'}", f"out={out}", "seeds=[0]",
-            "optim.max_steps=2", "optim.warmup_steps=0", "anchor_k=5", "probe=false",
+            "strategies=[random,difference]", "gate_first=false", "optim.max_steps=2", "optim.warmup_steps=0", "anchor_k=5", "probe=false",
             f"pretrain=[model.text={tmp_path / 'bert'},data.batch_size=8,data.max_text_len=32]",
             "finetune=[epochs=3,max_text_len=16]"]
     assert experiments.main(args) == 0

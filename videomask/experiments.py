@@ -29,6 +29,10 @@ pretraining (``data.train``, ``data.anchors``) and fine-tuning (``shards``) at t
 (``OUT/data/``; every step is skipped when done). ``optim.*`` and ``masking.*`` on the command line
 go to continued pretraining (``optim.max_steps=N``).
 
+``gate_first: true`` (the text ablation's config) runs the baseline and ``reference`` cells of every seed before
+any other and reads the gate on them (``gate.json``, at the top of ``results.md``): ``reference`` − baseline with
+its 95% CI above 0 on every measure of ``gate_measures``; if not, the other strategies are not run.
+
 ``anchor_counts`` (e.g. ``[5, 10, 20]``) takes the top-K words of the pretraining config's
 ``data.anchors`` and re-scores ``shards`` (unscored) with ``scorer`` for each K; empty: the
 anchors and scored shards of the pretraining config as they are. ``alphas`` and
@@ -106,6 +110,12 @@ class ExperimentConfig:
     # the gate passes when upper_control - reference on the primary measure has its 95% CI above 0; only
     # then is claim - reference read (better, worse, or no detectable difference)
     primary: str = ""  # a measure of the paired table, e.g. "test accuracy (target)"
+    # where there is no upper control (real text): the gate as continued pretraining's own test, run first. The
+    # baseline and reference cells of every seed train before any other; the other strategies run only if
+    # reference - baseline has its 95% CI above 0 on every measure of gate_measures (else the run stops there
+    # and results.md says why)
+    gate_first: bool = False
+    gate_measures: list = field(default_factory=lambda: ["test accuracy", "mlm accuracy"])
     upper_control: str = "oracle"
     claim: str = "difference"
     shards: str = ""  # unscored shards, re-scored per anchor count
@@ -149,6 +159,11 @@ class ExperimentConfig:
             raise ConfigError("task and corpus go together: the labelled task folder and the unlabelled corpus")
         if self.anchor_method not in anchors_mod.METHODS:
             raise ConfigError(f"anchor_method must be one of {', '.join(anchors_mod.METHODS)}")
+        if self.gate_first and not (self.baseline and self.reference in self.strategies and self.gate_measures):
+            raise ConfigError("gate_first compares the reference strategy with the baseline: it needs baseline: true, "
+                              f"reference ({self.reference!r}) among the strategies and gate_measures")
+        if self.gate_first and not self.probe and any(not m.startswith("test") for m in self.gate_measures):
+            raise ConfigError(f"gate_measures={list(self.gate_measures)} read the zero-shot probe: probe must be true")
         if self.finetune_seeds < 1:
             raise ConfigError(f"finetune_seeds must be >= 1, got {self.finetune_seeds}")
         if self.base_corpus and not self.task:
@@ -534,6 +549,25 @@ def verdict(cfg: ExperimentConfig, pairs: list[dict]) -> dict | None:
     return out
 
 
+def gate_check(cfg: ExperimentConfig, pairs: list[dict]) -> dict:
+    """``gate_first``'s rule on the paired differences: reference − baseline (the paired table holds baseline −
+    reference) with its 95% CI above 0 on every gate measure. ``{"passes", "text", "measures"}``."""
+    base = next(c["condition"] for c in cells(cfg) if c["strategy"] == NONE)
+    found, parts = {}, []
+    for m in cfg.gate_measures:
+        p = _pair(pairs, base, m)
+        if p is None:
+            parts.append(f"{m}: not measured")
+            continue
+        flipped = {**p, "mean": -p["mean"], "lo": -p["hi"], "hi": -p["lo"]}
+        found[m] = flipped
+        parts.append(f"{m} {_ci(flipped)}")
+    passes = len(found) == len(cfg.gate_measures) and all(p["lo"] > 0 for p in found.values())
+    text = (f"gate ({cfg.reference} − {base}, run first): " + "; ".join(parts) + (
+        ", passes" if passes else ": fails, so the other strategies were not run and nothing is claimed about them"))
+    return {"passes": passes, "text": text, "measures": found}
+
+
 def markdown(summary: list[dict], pairs: list[dict] = (), decided: dict | None = None) -> str:
     text = f"**Verdict** (the pre-registered rule): {decided['text']}.\n\n" if decided else ""
     text += table(summary, columns(summary))
@@ -601,6 +635,8 @@ def report(cfg: ExperimentConfig, out: Path) -> list[dict]:
     (out / "paired.json").write_text(json.dumps(pairs, indent=1))
     seeds = len(cfg.seeds)
     decided = verdict(cfg, pairs)
+    if cfg.gate_first and (out / "gate.json").exists():
+        decided = json.loads((out / "gate.json").read_text())
     if decided:
         (out / "verdict.json").write_text(json.dumps(decided, indent=1))
         logger.info(f"verdict: {decided['text']}")
@@ -630,10 +666,19 @@ def run(cfg: ExperimentConfig) -> list[dict]:
             cfg = prepare_base(cfg, out)
         for c in todo:
             cell_configs(cfg, c, out)
+    if cfg.gate_first:  # the baseline and reference cells of every seed first, then the gate decides the rest
+        first = [c for c in todo if c["strategy"] in (NONE, cfg.reference)]
+        todo = first + [c for c in todo if c not in first]
     for i, c in enumerate(todo, 1):
         logger.info(f"\n== cell {i}/{len(todo)}: {c['name']} ==")
         run_cell(cfg, c, out)
         report(cfg, out)  # the table grows cell by cell: an interrupted run still leaves one
+        if cfg.gate_first and i == len(first):
+            gate = gate_check(cfg, paired(cfg, collect(cfg, out), out))
+            (out / "gate.json").write_text(json.dumps(gate, indent=1))
+            logger.info(gate["text"])
+            if not gate["passes"]:
+                break
     rows = report(cfg, out)
     logger.info(f"\n{(out / 'results.md').read_text()}\n{out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
     return rows
