@@ -9,11 +9,11 @@ set -euo pipefail
 out=${1:?usage: bash data_prep/dictionaries.sh OUT [--corpus-max N]}
 shift
 py=${PYTHON:-python}
-wordnet=/usr/share/wordnet dictd=/usr/share/dictd
+wordnet=/usr/share/wordnet dictd=/usr/share/dictd debs=()
 if [ ! -f "$wordnet/data.noun" ] || [ ! -f "$dictd/foldoc.index" ]; then
   mkdir -p "$out/debs" && (cd "$out/debs" && apt-get download wordnet-base dict-foldoc dict-jargon)
   for deb in "$out"/debs/*.deb; do dpkg-deb -x "$deb" "$out/debs/root"; done
-  wordnet=$out/debs/root/usr/share/wordnet dictd=$out/debs/root/usr/share/dictd
+  wordnet=$out/debs/root/usr/share/wordnet dictd=$out/debs/root/usr/share/dictd debs=(--debs "$out/debs")
 fi
-"$py" -m videomask.prep.dictionaries wordnet "$out/general" --wordnet "$wordnet"
-"$py" -m videomask.prep.dictionaries foldoc "$out/foldoc" --dictd "$dictd" "$@"
+"$py" -m videomask.prep.dictionaries "${debs[@]}" wordnet "$out/general" --wordnet "$wordnet"
+"$py" -m videomask.prep.dictionaries "${debs[@]}" foldoc "$out/foldoc" --dictd "$dictd" "$@"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from videomask import experiments
 from videomask.config import ConfigError
-from videomask.errors import DataError
+from videomask.errors import DataError, VideomaskError
 from videomask.prep import dictionaries
 
 FIX = Path(__file__).parent / "fixtures" / "dictionaries"
@@ -68,7 +68,7 @@ def tiny_bert(path: Path) -> Path:
     return path
 
 
-def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path):
+def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path, capsys):
     general = tmp_path / "general"
     dictionaries.prepare_wordnet(FIX, general, test_share=0.25)
     dictionaries.prepare_foldoc(FIX, tmp_path / "foldoc", classes=("language", "networking"), per_class=2)
@@ -106,9 +106,11 @@ def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path
     assert [r["condition"] for r in rows][:2] == ["no continued pretraining", "random"]
     bow = json.loads((out / "data" / "bag_of_words.json").read_text())
     assert bow["n"] == 6 and len(bow["correct"]) == 6 and "Vocabulary alone" in (out / "results.md").read_text()
-    # rerun: nothing is trained again
+    # rerun: nothing is trained again; with other base settings, refused (not silently the old base)
     stamp = (head / "model.safetensors").stat().st_mtime_ns
     assert experiments.main(args) == 0 and (head / "model.safetensors").stat().st_mtime_ns == stamp
+    changed = [a.replace("optim.max_steps=3", "optim.max_steps=4") if a.startswith("base=") else a for a in args]
+    assert experiments.main(changed) == 2 and "made with other settings" in capsys.readouterr().err
     shutil.rmtree(out)
     with pytest.raises(ConfigError, match="base_files"):
         experiments.load_config([], [f"task={tmp_path}", f"corpus={tmp_path}", f"base_corpus={general}"])
@@ -139,8 +141,55 @@ def test_the_gate_reads_reference_minus_baseline_on_every_measure():
     assert good["passes"] and good["measures"]["test accuracy"]["lo"] == 0.01
     bad = experiments.gate_check(cfg, [pair("test accuracy", 0.016, 0.048), pair("mlm accuracy", -0.07, -0.06)])
     assert not bad["passes"] and "-0.048" in bad["text"] and "fails" in bad["text"]
-    assert not experiments.gate_check(cfg, [pair("mlm accuracy", -0.07, -0.06)])["passes"]  # a measure missing
+    with pytest.raises(VideomaskError, match="cannot be read"):  # a measure missing is no negative result
+        experiments.gate_check(cfg, [pair("mlm accuracy", -0.07, -0.06)])
+    with pytest.raises(ConfigError, match="not measures of the paired table"):
+        experiments.load_config(["configs/ablation_text.yaml"], ["task=t", "corpus=c", "gate_measures=[test_accuracy]"])
     with pytest.raises(ConfigError, match="gate_first"):
         experiments.load_config(["configs/ablation_text.yaml"], ["task=t", "corpus=c", "strategies=[difference]"])
     with pytest.raises(ConfigError, match="probe must be true"):
         experiments.load_config(["configs/ablation_text.yaml"], ["task=t", "corpus=c", "probe=false"])
+
+
+def test_every_sense_tag_counts_and_leaves_the_text():
+    # two FOLDOC entries as dict-foldoc 20230119-1 has them: one tag per sense, capitals inside a group
+    nss = "NSS\n\n   1. <networking> {Nodal Switching System}.\n\n   2. <operating system> {New Storage System}.\n\n   (1997-01-29)\n\n"
+    repl = ("REPL\n\n   1. <language, LISP, programming> {read-eval-print loop}.\n\n   2. <language> {Restricted EPL}.\n\n"
+            "   (2003-06-23)\n\n")
+    assert dictionaries.foldoc_entry(nss) == (["networking", "operating system"],
+                                              "1. Nodal Switching System. 2. New Storage System.")
+    tags, text = dictionaries.foldoc_entry(repl)
+    assert tags == ["language", "lisp", "programming"] and "<" not in text  # several subjects: never a task row
+
+
+def test_the_corpus_holds_no_copy_of_a_task_entry(tmp_path):
+    for f in FIX.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    task_entry = next((w, e) for w, e in dictionaries.dictd_entries(FIX / "foldoc")
+                      if dictionaries.foldoc_entry(e)[0] == ["networking"])
+    jargon = list(dictionaries.dictd_entries(FIX / "jargon"))
+    # the Jargon File and FOLDOC share terms: an entry under a task entry's headword, and a near-copy of one
+    copy = f"{task_entry[0]}\n" + task_entry[1].partition("\n\n")[2]
+    other = "some other term\n" + task_entry[1].partition("\n\n")[2]
+    body, index = b"", []
+    for w, e in jargon + [(task_entry[0], copy), ("some other term", other)]:
+        b = e.encode()
+        index.append(f"{w}\t{enc(len(body))}\t{enc(len(b))}\n")
+        body += b
+    (tmp_path / "jargon.dict").write_bytes(body)
+    (tmp_path / "jargon.index").write_text("".join(index))
+    m = dictionaries.prepare_foldoc(tmp_path, tmp_path / "f", classes=("language", "networking"), per_class=2)
+    corpus = [json.loads(x) for x in (tmp_path / "f" / "corpus" / "corpus.jsonl").read_text().splitlines()]
+    assert m["counts"]["corpus"] == {"foldoc": 4, "jargon": 3} and m["counts"]["overlaps_task"] == 2
+    assert not {task_entry[0], "some other term"} & {r["term"] for r in corpus}
+    errors = [json.loads(x) for x in (tmp_path / "f" / "errors.jsonl").read_text().splitlines()]
+    assert {e["source"] for e in errors if e["reason"] == "overlaps_task"} == {f"jargon:{task_entry[0]}",
+                                                                              "jargon:some other term"}
+
+
+def enc(n: int) -> str:
+    s = ""
+    while True:
+        s, n = dictionaries.B64[n % 64] + s, n // 64
+        if not n:
+            return s

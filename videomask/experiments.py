@@ -43,6 +43,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -58,6 +59,7 @@ from . import probe as probe_mod
 from .baselines import bag_of_words
 from .config import ConfigError, run_cli
 from .config import load_config as _load_layered
+from .errors import VideomaskError
 
 logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # its dotted name under -m too
 
@@ -162,6 +164,11 @@ class ExperimentConfig:
         if self.gate_first and not (self.baseline and self.reference in self.strategies and self.gate_measures):
             raise ConfigError("gate_first compares the reference strategy with the baseline: it needs baseline: true, "
                               f"reference ({self.reference!r}) among the strategies and gate_measures")
+        known = re.compile(r"test accuracy( \(.+\))?$|(" + "|".join(PROBE) + ") accuracy$")
+        wrong = [m for m in self.gate_measures if not known.match(str(m))]
+        if self.gate_first and wrong:
+            raise ConfigError(f"gate_measures: {wrong} are not measures of the paired table (test accuracy, "
+                              f"test accuracy (GROUP), or a probe kind: {', '.join(k + ' accuracy' for k in PROBE)})")
         if self.gate_first and not self.probe and any(not m.startswith("test") for m in self.gate_measures):
             raise ConfigError(f"gate_measures={list(self.gate_measures)} read the zero-shot probe: probe must be true")
         if self.finetune_seeds < 1:
@@ -290,15 +297,25 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
     for name, extra in stages:
         bcfg = train.load_config(cfg.base_files, [*cfg.base, f"data.train={shards}", "data.train_split=train",
                                                   f"run.out={out / 'base' / name}", "run.resume=auto", *extra])
-        if not (Path(bcfg.run.out) / "model.safetensors").exists():
+        done = Path(bcfg.run.out)
+        if (done / "model.safetensors").exists():  # made once; refused if it was made with other settings
+            from .engine import config_differences
+
+            differ = config_differences((done / "config.yaml").read_text(), bcfg)
+            if differ:
+                raise ConfigError(f"{done} is a base stage made with other settings ({'; '.join(differ[:4])}): give "
+                                  "another out, or delete it to make it again")
+        else:
             logger.info(f"[base] {name}: {bcfg.optim.max_steps} steps on {cfg.base_corpus} "
                         f"(optim.train={list(bcfg.optim.train)})")
             train.train(bcfg)
-        runs.append((name, Path(bcfg.run.out)))
+        runs.append((name, done))
+    # the rows of this configuration's stages only ("before": the model as released, its head untrained)
+    report = {k: v for k, v in report.items() if k in ("before", *(n for n, _ in runs))}
     for name, run in [("before", None), *runs]:
         if name in report:
             continue
-        if run is None:  # the model as released: its head's untrained parts as a fixed seed draws them
+        if run is None:  # as released: the head's untrained parts drawn by a fixed seed (a random head: ~0)
             import torch
 
             torch.manual_seed(0)
@@ -309,7 +326,7 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
             tok = load_tokenizer(mcfg)
         report[name] = {where: probe_mod.probe_model(model, tok, shards_, split)["mlm"]
                         for where, (shards_, split) in held_out.items()}
-        report_path.write_text(json.dumps(report, indent=1))
+    report_path.write_text(json.dumps(report, indent=1))
     logger.info("[base] masked-token accuracy, held-out general / domain text: " + "; ".join(
         f"{k} {v['general']['accuracy']:.3f} / {v['domain']['accuracy']:.3f}" for k, v in report.items()))
     return replace(cfg, pretrain=[*cfg.pretrain, f"model.init={runs[-1][1]}"])
@@ -556,9 +573,9 @@ def gate_check(cfg: ExperimentConfig, pairs: list[dict]) -> dict:
     found, parts = {}, []
     for m in cfg.gate_measures:
         p = _pair(pairs, base, m)
-        if p is None:
-            parts.append(f"{m}: not measured")
-            continue
+        if p is None:  # not a negative result: the run cannot read its gate
+            raise VideomaskError(f"the gate cannot be read: no paired {m!r} of {base} − {cfg.reference} (measured: "
+                                 f"{sorted({q['measure'] for q in pairs})})")
         flipped = {**p, "mean": -p["mean"], "lo": -p["hi"], "hi": -p["lo"]}
         found[m] = flipped
         parts.append(f"{m} {_ci(flipped)}")

@@ -11,11 +11,12 @@ stage of the text ablation restores the masked-LM head of a sentence-embedding m
 
 ``foldoc`` (``dict-foldoc``, the Free On-line Dictionary of Computing, GNU FDL; ``dict-jargon``, the
 Jargon File, if present): every entry's definition, without its subject tag, cross-reference braces,
-URLs and date. Entries whose tag is exactly one of ``--classes`` make the task (``OUT/task/{train,dev,
+URLs and date. Entries whose tags (every sense's) are exactly one of ``--classes`` make the task (``OUT/task/{train,dev,
 test}.jsonl``, "Don't Stop Pretraining" layout: which subject is this computing term filed under?):
 ``--per-class`` each in train and in dev, the rest test. Every other entry (other tags, several tags,
 none) and the Jargon File's are the unlabelled corpus (``OUT/corpus/corpus.jsonl``, at most
-``--corpus-max``): a domain corpus that holds no task document. Assignments follow a stable hash of the
+``--corpus-max``): a domain corpus that holds no task document (an entry under a task entry's headword, or
+sharing half its word 8-grams with one, goes to ``errors.jsonl`` as ``overlaps_task``). Assignments follow a stable hash of the
 headword, so a rerun writes the same files. ``OUT/manifest.json``: sources, package versions, counts;
 ``OUT/errors.jsonl``: entries that could not be read or are too short, with the reason.
 """
@@ -103,7 +104,8 @@ def prepare_wordnet(root: Path, out: Path, test_share: float = 0.02) -> dict:
 
 
 # -- FOLDOC ------------------------------------------------------------------------------------------------------
-TAG = re.compile(r"<([a-z][a-z ,/-]{0,60})>")
+#: a subject-tag group: "<language>", "<networking, standard>", "<language, LISP, programming>" (one per sense)
+TAG = re.compile(r"<([a-z][a-z ]{0,40}(?:,\s*[A-Za-z][A-Za-z0-9 .+/-]{0,40}){0,6})>")
 DATE = re.compile(r"\(\d{4}-\d{2}-\d{2}\)\s*$")
 URL = re.compile(r"\(?\b(?:https?|ftp)://\S+")
 
@@ -118,15 +120,23 @@ def clean(text: str) -> str:
 
 
 def foldoc_entry(entry: str) -> tuple[list[str], str]:
-    """(subject tags, definition) of a FOLDOC entry: its headword lines (before the first blank line) dropped,
-    the first ``<tag, tag>`` removed from the text."""
+    """(subject tags, definition) of a FOLDOC entry: its headword lines (before the first blank line) dropped;
+    the distinct tags of every sense's ``<tag, tag>`` group (lower case, in order), every group removed from the
+    text (a multi-sense entry carries one per sense: none may stay in a task text)."""
     head, _, body = entry.partition("\n\n")
     body = body or head
-    m = TAG.search(body)
-    tags = [t.strip() for t in m.group(1).split(",")] if m else []
-    if m:
-        body = body[:m.start()] + body[m.end():]
-    return tags, clean(body)
+    tags = []
+    for m in TAG.finditer(body):
+        for t in m.group(1).split(","):
+            t = " ".join(t.split()).lower()
+            if t and t not in tags:
+                tags.append(t)
+    return tags, clean(TAG.sub(" ", body))
+
+
+def ngrams(text: str, n: int = 8) -> set:
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
 def jargon_entry(entry: str) -> str:
@@ -157,6 +167,20 @@ def prepare_foldoc(dictd: Path, out: Path, classes=CLASSES, per_class: int = 50,
                 errors.append({"source": f"jargon:{word}", "reason": "too_short", "words": len(text.split())})
                 continue
             corpus.append({"text": text, "term": word, "source": "jargon", "tags": []})
+    # the corpus holds no task document: not under the same headword (the Jargon File and FOLDOC share terms), and
+    # not as a near-copy (half its word 8-grams in a task entry)
+    terms = {r["term"].lower() for rows in task.values() for r in rows}
+    grams = set().union(*(ngrams(r["text"]) for rows in task.values() for r in rows))
+    kept = []
+    for r in corpus:
+        g = ngrams(r["text"])
+        share = len(g & grams) / len(g) if g else 0.0
+        if r["term"].lower() in terms or share >= 0.5:
+            errors.append({"source": f"{r['source']}:{r['term']}", "reason": "overlaps_task",
+                           "same_term": r["term"].lower() in terms, "shared_8grams": round(share, 3)})
+        else:
+            kept.append(r)
+    corpus = kept
     short = {c: len(r) for c, r in task.items() if len(r) < 3 * per_class}
     if short:
         raise DataError(f"{dictd}/foldoc: too few single-tag entries for {short} (need {3 * per_class} a class: "
@@ -185,15 +209,22 @@ def prepare_foldoc(dictd: Path, out: Path, classes=CLASSES, per_class: int = 50,
         "classes": list(classes), "per_class": per_class, "min_words": min_words,
         "counts": {**{s: dict(Counter(r["label"] for r in rows)) for s, rows in splits.items()},
                    "corpus": dict(Counter(r["source"] for r in corpus)), "corpus_left_out": len(dropped),
-                   "too_short": len(errors)}}
+                   **{k: v for k, v in Counter(e["reason"] for e in errors).items()}}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
+#: a folder of the .deb files the data came from (data_prep/dictionaries.sh sets it when it fetched them)
+DEBS = None
+
+
 def package_version(name: str) -> str | None:
-    """The installed Debian package's version (None without dpkg or the package)."""
+    """The version of the Debian package the files came from: its .deb in ``DEBS`` (fetched by
+    ``apt-get download``), else the installed package's; None without either."""
+    debs = sorted(Path(DEBS).glob(f"{name}_*.deb")) if DEBS else []
+    cmd = ["dpkg-deb", "-f", str(debs[0]), "Version"] if debs else ["dpkg-query", "-W", "-f", "${Version}", name]
     try:
-        r = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", name], capture_output=True, text=True, timeout=30)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     return r.stdout.strip() or None if r.returncode == 0 else None
@@ -213,7 +244,11 @@ def main(argv=None) -> int:
     f.add_argument("--classes", nargs="+", default=list(CLASSES))
     f.add_argument("--per-class", type=int, default=50, help="labelled entries per class in train (and in dev)")
     f.add_argument("--corpus-max", type=int, default=0, help="at most this many corpus entries (0: all)")
+    p.add_argument("--debs", type=Path, default=None, help="the .deb files the data came from (their versions "
+                   "go to the manifest)")
     a = p.parse_args(argv)
+    global DEBS
+    DEBS = a.debs
     try:
         if a.what == "wordnet":
             m = prepare_wordnet(a.wordnet, a.out, a.test_share)
