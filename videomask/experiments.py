@@ -585,6 +585,20 @@ def gate_check(cfg: ExperimentConfig, pairs: list[dict]) -> dict:
     return {"passes": passes, "text": text, "measures": found}
 
 
+def gated_claim(cfg: ExperimentConfig, gate: dict, pairs: list[dict]) -> dict:
+    """``gate_first``'s verdict: the gate and, only if it passed, ``claim`` − ``reference`` on the first gate
+    measure (better, worse, or no detectable difference), as ``verdict`` reads it with an upper control."""
+    out = {**gate, "claim": None}
+    measure = cfg.gate_measures[0]
+    p = _pair(pairs, cfg.claim, measure) if gate["passes"] else None
+    if p is not None:
+        out["claim"] = "better" if p["lo"] > 0 else "worse" if p["hi"] < 0 else "no detectable difference"
+        said = {"better": f"{cfg.claim} beats {cfg.reference}", "worse": f"{cfg.reference} beats {cfg.claim}",
+                "no detectable difference": f"no detectable difference between {cfg.claim} and {cfg.reference}"}
+        out["text"] = f"{gate['text']}; {cfg.claim} − {cfg.reference}, {measure}: {_ci(p)}: {said[out['claim']]}"
+    return out
+
+
 def markdown(summary: list[dict], pairs: list[dict] = (), decided: dict | None = None) -> str:
     text = f"**Verdict** (the pre-registered rule): {decided['text']}.\n\n" if decided else ""
     text += table(summary, columns(summary))
@@ -653,7 +667,7 @@ def report(cfg: ExperimentConfig, out: Path) -> list[dict]:
     seeds = len(cfg.seeds)
     decided = verdict(cfg, pairs)
     if cfg.gate_first and (out / "gate.json").exists():
-        decided = json.loads((out / "gate.json").read_text())
+        decided = gated_claim(cfg, json.loads((out / "gate.json").read_text()), pairs)
     if decided:
         (out / "verdict.json").write_text(json.dumps(decided, indent=1))
         logger.info(f"verdict: {decided['text']}")
