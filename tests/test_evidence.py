@@ -206,6 +206,34 @@ def test_the_verdict_follows_the_preregistered_rule():
     assert experiments.verdict(experiments.load_config([], []), [pair("oracle", 0.01, 0.2)]) is None
 
 
+def test_probe_items_pair_per_group(tmp_path):
+    """``mlm accuracy (anchor)``: the masked tokens of anchor words alone, paired item by item across cells."""
+    from videomask import experiments
+
+    cfg = experiments.load_config([], ["primary=mlm accuracy (anchor)", "strategies=[random,oracle]", "seeds=[0,1]"])
+    items = {"oracle": [1, 1, 0, 0], "random": [0, 0, 1, 1]}  # correct on (anchor, anchor, other, other)
+    rows = []
+    for cond, correct in items.items():
+        for seed in (0, 1):
+            folder = tmp_path / "cells" / f"{cond}_s{seed}"
+            folder.mkdir(parents=True)
+            probe_items = [{"key": f"k{i}", "kind": "mlm", "group": g, "correct": bool(c)}
+                           for i, (g, c) in enumerate(zip(["anchor", "anchor", "other", "other"], correct))]
+            probe_items.append({"key": "k0", "kind": "cloze", "group": "target", "correct": True})
+            (folder / "probe.json").write_text(json.dumps({"items": probe_items}))
+            rows.append({"condition": cond, "seed": seed, "cell": f"{cond}_s{seed}"})
+    assert experiments.item_scores(cfg, tmp_path, "oracle_s0", "mlm:anchor") == [1.0, 1.0]
+    assert experiments.item_scores(cfg, tmp_path, "oracle_s0", "mlm") == [1.0, 1.0, 0.0, 0.0]
+    pairs = {p["measure"]: p for p in experiments.paired(cfg, rows, tmp_path)}
+    assert pairs["mlm accuracy (anchor)"]["mean"] == 1.0 and pairs["mlm accuracy (other)"]["mean"] == -1.0
+    assert pairs["mlm accuracy"]["mean"] == 0.0
+    assert experiments.verdict(cfg, list(pairs.values()))["gate"] == "passes"
+    with pytest.raises(ConfigError, match="primary: 'mlm accuracy \\(anchors\\)' is not a measure"):
+        experiments.load_config([], ["primary=mlm accuracy (anchors)"])
+    with pytest.raises(ConfigError, match="reads the zero-shot probe"):
+        experiments.load_config([], ["primary=mlm accuracy (anchor)", "probe=false"])
+
+
 def test_experiment_config_checks_strategies_before_training():
     from videomask import experiments
 

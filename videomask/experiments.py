@@ -164,11 +164,18 @@ class ExperimentConfig:
         if self.gate_first and not (self.baseline and self.reference in self.strategies and self.gate_measures):
             raise ConfigError("gate_first compares the reference strategy with the baseline: it needs baseline: true, "
                               f"reference ({self.reference!r}) among the strategies and gate_measures")
-        known = re.compile(r"test accuracy( \(.+\))?$|(" + "|".join(PROBE) + ") accuracy$")
+        probed = [re.escape(measure_name(k)) for k in (*PROBE, *PROBE_GROUPS)]
+        known = re.compile(r"test accuracy( \(.+\))?$|(" + "|".join(probed) + ")$")
         wrong = [m for m in self.gate_measures if not known.match(str(m))]
         if self.gate_first and wrong:
             raise ConfigError(f"gate_measures: {wrong} are not measures of the paired table (test accuracy, "
-                              f"test accuracy (GROUP), or a probe kind: {', '.join(k + ' accuracy' for k in PROBE)})")
+                              f"test accuracy (GROUP), or a probe kind: "
+                              f"{', '.join(measure_name(k) for k in (*PROBE, *PROBE_GROUPS))})")
+        if self.primary and not known.match(self.primary):
+            raise ConfigError(f"primary: {self.primary!r} is not a measure of the paired table (test accuracy, test "
+                              f"accuracy (GROUP), {', '.join(measure_name(k) for k in (*PROBE, *PROBE_GROUPS))})")
+        if self.primary and not self.primary.startswith("test") and not self.probe:
+            raise ConfigError(f"primary={self.primary!r} reads the zero-shot probe: probe must be true")
         if self.gate_first and not self.probe and any(not m.startswith("test") for m in self.gate_measures):
             raise ConfigError(f"gate_measures={list(self.gate_measures)} read the zero-shot probe: probe must be true")
         if self.finetune_seeds < 1:
@@ -429,7 +436,8 @@ def collect(cfg: ExperimentConfig, out: Path) -> list[dict]:
 def item_scores(cfg: ExperimentConfig, out: Path, cell: str, measure: str) -> list[float] | None:
     """Per-item scores of one cell, in a fixed item order: ``test`` (the fine-tuned models' test questions,
     correctness averaged over the fine-tuning seeds), ``test:GROUP`` (those of one ``group_by`` value) or a
-    probe kind (``cloze``, ``mlm``, ``cloze_in_group``)."""
+    probe kind (``cloze``, ``mlm``, ``cloze_in_group``) or ``KIND:GROUP``, its items of one group (``mlm:anchor``: the
+    masked tokens of anchor words)."""
     folder = out / "cells" / cell
     if measure.startswith("test"):
         runs = _finished(cfg, folder)
@@ -445,7 +453,22 @@ def item_scores(cfg: ExperimentConfig, out: Path, cell: str, measure: str) -> li
     pr = folder / "probe.json"
     if not pr.exists():
         return None
-    return [float(i["correct"]) for i in json.loads(pr.read_text())["items"] if i["kind"] == measure]
+    kind, _, group = measure.partition(":")
+    return [float(i["correct"]) for i in json.loads(pr.read_text())["items"]
+            if i["kind"] == kind and group in ("", i.get("group"))]
+
+
+#: the probe groups paired apart: masked tokens of anchor words (what difference-masking spends its budget on)
+#: and of other words
+PROBE_GROUPS = ("mlm:anchor", "mlm:other")
+
+
+def measure_name(measure: str) -> str:
+    """``test`` -> "test accuracy", ``test:target`` -> "test accuracy (target)", ``mlm`` -> "mlm accuracy",
+    ``mlm:anchor`` -> "mlm accuracy (anchor)": the names of the paired table (and of ``primary``)."""
+    kind, _, group = measure.partition(":")
+    name = "test accuracy" if kind == "test" else f"{kind.replace('_', ' ')} accuracy"
+    return f"{name} ({group})" if group else name
 
 
 def groups_of(rows: list[dict]) -> list[str]:
@@ -463,7 +486,7 @@ def paired(cfg: ExperimentConfig, rows: list[dict], out: Path) -> list[dict]:
     if not ref:
         return []
     result = []
-    measures = ("test", *(f"test:{g}" for g in groups_of(rows)), *PROBE)
+    measures = ("test", *(f"test:{g}" for g in groups_of(rows)), *PROBE, *PROBE_GROUPS)
     for cond, seeds in by.items():
         if cond == cfg.reference:
             continue
@@ -473,9 +496,7 @@ def paired(cfg: ExperimentConfig, rows: list[dict], out: Path) -> list[dict]:
             b = [item_scores(cfg, out, ref[s], measure) for s in common]
             if not common or any(x is None or not x for x in a + b) or len({len(x) for x in a + b}) != 1:
                 continue
-            name = ("test accuracy" if measure == "test" else f"test accuracy ({measure[5:]})"
-                    if measure.startswith("test:") else f"{measure.replace('_', ' ')} accuracy")
-            result.append({"condition": cond, "reference": cfg.reference, "measure": name,
+            result.append({"condition": cond, "reference": cfg.reference, "measure": measure_name(measure),
                            **metrics.paired_bootstrap(np.array(a), np.array(b))})
     return result
 
