@@ -228,6 +228,13 @@ def test_probe_items_pair_per_group(tmp_path):
     assert pairs["mlm accuracy (anchor)"]["mean"] == 1.0 and pairs["mlm accuracy (other)"]["mean"] == -1.0
     assert pairs["mlm accuracy"]["mean"] == 0.0
     assert experiments.verdict(cfg, list(pairs.values()))["gate"] == "passes"
+    # a secondary measure: the same rule, reported beside the primary verdict
+    cfg2 = experiments.load_config([], ["primary=mlm accuracy (anchor)", "secondary=[mlm accuracy (other)]"])
+    decided = experiments.verdict(cfg2, list(pairs.values()))
+    assert decided["gate"] == "passes" and [d["gate"] for d in decided["secondary"]] == ["fails"]
+    assert "Secondary measures" in experiments.markdown([], [], decided)
+    with pytest.raises(ConfigError, match="secondary: 'test acc' is not a measure"):
+        experiments.load_config([], ["primary=mlm accuracy (anchor)", "secondary=[test acc]"])
     with pytest.raises(ConfigError, match="primary: 'mlm accuracy \\(anchors\\)' is not a measure"):
         experiments.load_config([], ["primary=mlm accuracy (anchors)"])
     with pytest.raises(ConfigError, match="reads the zero-shot probe"):

@@ -112,6 +112,9 @@ class ExperimentConfig:
     # the gate passes when upper_control - reference on the primary measure has its 95% CI above 0; only
     # then is claim - reference read (better, worse, or no detectable difference)
     primary: str = ""  # a measure of the paired table, e.g. "test accuracy (target)"
+    # measures read by the same rule and reported under the verdict, not claimed (e.g. the downstream accuracy
+    # beside a zero-shot primary)
+    secondary: list = field(default_factory=list)
     # where there is no upper control (real text): the gate as continued pretraining's own test, run first. The
     # baseline and reference cells of every seed train before any other; the other strategies run only if
     # reference - baseline has its 95% CI above 0 on every measure of gate_measures (else the run stops there
@@ -171,11 +174,14 @@ class ExperimentConfig:
             raise ConfigError(f"gate_measures: {wrong} are not measures of the paired table (test accuracy, "
                               f"test accuracy (GROUP), or a probe kind: "
                               f"{', '.join(measure_name(k) for k in (*PROBE, *PROBE_GROUPS))})")
-        if self.primary and not known.match(self.primary):
-            raise ConfigError(f"primary: {self.primary!r} is not a measure of the paired table (test accuracy, test "
-                              f"accuracy (GROUP), {', '.join(measure_name(k) for k in (*PROBE, *PROBE_GROUPS))})")
-        if self.primary and not self.primary.startswith("test") and not self.probe:
-            raise ConfigError(f"primary={self.primary!r} reads the zero-shot probe: probe must be true")
+        if self.secondary and not self.primary:
+            raise ConfigError("secondary measures are read beside a primary one: set primary")
+        for key, m in [("primary", self.primary)] * bool(self.primary) + [("secondary", m) for m in self.secondary]:
+            if not known.match(str(m)):
+                raise ConfigError(f"{key}: {m!r} is not a measure of the paired table (test accuracy, test "
+                                  f"accuracy (GROUP), {', '.join(measure_name(k) for k in (*PROBE, *PROBE_GROUPS))})")
+            if not str(m).startswith("test") and not self.probe:
+                raise ConfigError(f"{key}={m!r} reads the zero-shot probe: probe must be true")
         if self.gate_first and not self.probe and any(not m.startswith("test") for m in self.gate_measures):
             raise ConfigError(f"gate_measures={list(self.gate_measures)} read the zero-shot probe: probe must be true")
         if self.finetune_seeds < 1:
@@ -564,9 +570,16 @@ def _ci(p: dict) -> str:
 
 def verdict(cfg: ExperimentConfig, pairs: list[dict]) -> dict | None:
     """The pre-registered decision rule on the paired differences: the gate (does masking the right units help
-    here at all?), then, only if it passes, the claim against the reference. None without ``primary``."""
+    here at all?), then, only if it passes, the claim against the reference. None without ``primary``. The same
+    rule on each ``secondary`` measure is under ``"secondary"``: reported, not claimed."""
     if not cfg.primary:
         return None
+    out = _decide(cfg, pairs)
+    out["secondary"] = [_decide(replace(cfg, primary=m, secondary=[]), pairs) for m in cfg.secondary]
+    return out
+
+
+def _decide(cfg: ExperimentConfig, pairs: list[dict]) -> dict:
     gate, claim = _pair(pairs, cfg.upper_control, cfg.primary), _pair(pairs, cfg.claim, cfg.primary)
     out = {"primary": cfg.primary, "gate": None, "claim": None, "text": ""}
     if gate is None:
@@ -622,6 +635,9 @@ def gated_claim(cfg: ExperimentConfig, gate: dict, pairs: list[dict]) -> dict:
 
 def markdown(summary: list[dict], pairs: list[dict] = (), decided: dict | None = None) -> str:
     text = f"**Verdict** (the pre-registered rule): {decided['text']}.\n\n" if decided else ""
+    if decided and decided.get("secondary"):
+        text += "Secondary measures, by the same rule (reported, not claimed):\n\n" + "".join(
+            f"- {d['text']}\n" for d in decided["secondary"]) + "\n"
     text += table(summary, columns(summary))
     diagnostics = table(summary, DIAGNOSTIC_COLUMNS, bold=False)
     if diagnostics:
