@@ -20,9 +20,11 @@ def test_the_demo_runs_every_stage_with_clean_output(tmp_path):
                   "demo finished in"):
         assert stage in console, stage
     results = (out / "ablation" / "results.md").read_text()
-    assert results.startswith("**Verdict** (the pre-registered rule): gate (oracle − random, test accuracy (target))")
+    assert results.startswith("**Verdict** (the pre-registered rule): gate (oracle − random, mlm accuracy (anchor))")
     decided = json.loads((out / "ablation" / "verdict.json").read_text())
-    assert decided["gate"] in ("passes", "fails") and decided["primary"] == "test accuracy (target)"
+    assert decided["gate"] in ("passes", "fails") and decided["primary"] == "mlm accuracy (anchor)"
+    assert [d["primary"] for d in decided["secondary"]] == ["test accuracy", "test accuracy (target)"]
+    assert "Secondary measures, by the same rule" in results
     # each fine-tuning's per-epoch history is in its own run folder, not on the console
     history = json.loads((out / "ablation" / "cells" / "random_s0" / "finetune" / "metrics.json").read_text())["history"]
     assert len(history) == 2

@@ -657,8 +657,9 @@ def bar_chart(summary: list[dict], metric: str, path: Path, chance: float | None
     from matplotlib.figure import Figure
 
     summary = [s for s in summary if s[metric] is not None]
-    measure = "test accuracy" if metric in METRICS else f"{metric.split('_')[0]} accuracy"
-    pairs = [p for p in pairs if p["measure"] == measure and metric in ("accuracy", "cloze_accuracy", "mlm_accuracy")]
+    measure = {"accuracy": "test accuracy", "cloze_accuracy": "cloze accuracy", "mlm_accuracy": "mlm accuracy",
+               "mlm_anchor_accuracy": "mlm accuracy (anchor)", "mlm_other_accuracy": "mlm accuracy (other)"}.get(metric)
+    pairs = [p for p in pairs if p["measure"] == measure]
     fig = Figure(figsize=(1.6 + 1.3 * len(summary) + (1.2 + 1.0 * len(pairs) if pairs else 0), 3.8),
                  layout="constrained")
     axes = fig.subplots(1, 2, width_ratios=[len(summary) + 1, len(pairs) + 1]) if pairs else [fig.subplots()]
