@@ -1,6 +1,7 @@
 """What the evidence rests on: a base model that continues, ground truth for the oracle, a probe that
 counts right, no held-out clip read before evaluation, and paired confidence intervals."""
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -206,39 +207,67 @@ def test_the_verdict_follows_the_preregistered_rule():
     assert experiments.verdict(experiments.load_config([], []), [pair("oracle", 0.01, 0.2)]) is None
 
 
-def test_probe_items_pair_per_group(tmp_path):
-    """``mlm accuracy (anchor)``: the masked tokens of anchor words alone, paired item by item across cells."""
+def test_probe_items_pair_per_group(tmp_path, caplog):
+    """``mlm accuracy (anchor)``: the masked tokens of anchor words alone, paired item by item across cells, and
+    only between cells asked the same items."""
     from videomask import experiments
 
     cfg = experiments.load_config([], ["primary=mlm accuracy (anchor)", "strategies=[random,oracle]", "seeds=[0,1]"])
-    items = {"oracle": [1, 1, 0, 0], "random": [0, 0, 1, 1]}  # correct on (anchor, anchor, other, other)
-    rows = []
-    for cond, correct in items.items():
-        for seed in (0, 1):
-            folder = tmp_path / "cells" / f"{cond}_s{seed}"
-            folder.mkdir(parents=True)
-            probe_items = [{"key": f"k{i}", "kind": "mlm", "group": g, "correct": bool(c)}
-                           for i, (g, c) in enumerate(zip(["anchor", "anchor", "other", "other"], correct))]
-            probe_items.append({"key": "k0", "kind": "cloze", "group": "target", "correct": True})
-            (folder / "probe.json").write_text(json.dumps({"items": probe_items}))
-            rows.append({"condition": cond, "seed": seed, "cell": f"{cond}_s{seed}"})
-    assert experiments.item_scores(cfg, tmp_path, "oracle_s0", "mlm:anchor") == [1.0, 1.0]
-    assert experiments.item_scores(cfg, tmp_path, "oracle_s0", "mlm") == [1.0, 1.0, 0.0, 0.0]
+    groups = ["anchor", "other", "anchor", "other", "anchor", "anchor"]
+    correct = {("oracle", 0): [1, 0, 1, 1, 0, 1], ("oracle", 1): [1, 1, 0, 0, 1, 1],
+               ("random", 0): [0, 1, 1, 0, 0, 0], ("random", 1): [1, 1, 0, 1, 0, 0]}
+
+    def write(cond, seed, groups, keys=None):
+        folder = tmp_path / "cells" / f"{cond}_s{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        items = [{"key": (keys or [f"k{j // 2}" for j in range(6)])[i], "index": 3 + i % 2, "kind": "mlm", "group": g,
+                  "correct": bool(c)}
+                 for i, (g, c) in enumerate(zip(groups, correct[cond, seed]))]
+        items.insert(2, {"key": "k0", "kind": "cloze", "group": "target", "correct": True})
+        (folder / "probe.json").write_text(json.dumps({"items": items}))
+        return {"condition": cond, "seed": seed, "cell": f"{cond}_s{seed}"}
+
+    rows = [write(cond, seed, groups) for cond, seed in correct]
+    assert experiments.item_scores(cfg, tmp_path, "oracle_s0", "mlm:anchor") == [1.0, 1.0, 0.0, 1.0]
+    assert experiments.item_scores(cfg, tmp_path, "oracle_s0", "mlm") == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
     pairs = {p["measure"]: p for p in experiments.paired(cfg, rows, tmp_path)}
-    assert pairs["mlm accuracy (anchor)"]["mean"] == 1.0 and pairs["mlm accuracy (other)"]["mean"] == -1.0
-    assert pairs["mlm accuracy"]["mean"] == 0.0
-    assert experiments.verdict(cfg, list(pairs.values()))["gate"] == "passes"
+    # by hand: anchor items (0, 2, 4, 5) of oracle minus random, per seed, averaged over seeds and items
+    anchor = np.mean([[1 - 0, 1 - 1, 0 - 0, 1 - 0], [1 - 1, 0 - 0, 1 - 0, 1 - 0]])
+    assert pairs["mlm accuracy (anchor)"]["mean"] == pytest.approx(anchor)  # 0.5
+    assert pairs["mlm accuracy (other)"]["mean"] == pytest.approx(np.mean([[0 - 1, 1 - 0], [1 - 1, 0 - 1]]))
+    assert pairs["mlm accuracy"]["mean"] == pytest.approx((4 * anchor + 2 * -0.25) / 6)
+    assert experiments.verdict(cfg, list(pairs.values()))["text"].startswith("gate (oracle − random, mlm accuracy "
+                                                                              "(anchor)): +0.500 [")
     # a secondary measure: the same rule, reported beside the primary verdict
     cfg2 = experiments.load_config([], ["primary=mlm accuracy (anchor)", "secondary=[mlm accuracy (other)]"])
     decided = experiments.verdict(cfg2, list(pairs.values()))
-    assert decided["gate"] == "passes" and [d["gate"] for d in decided["secondary"]] == ["fails"]
+    assert decided["primary"] == "mlm accuracy (anchor)" and [d["gate"] for d in decided["secondary"]] == ["fails"]
+    assert decided["secondary"][0]["text"].startswith("gate (oracle − random, mlm accuracy (other)): -0.250 [")
     assert "Secondary measures" in experiments.markdown([], [], decided)
-    with pytest.raises(ConfigError, match="secondary: 'test acc' is not a measure"):
-        experiments.load_config([], ["primary=mlm accuracy (anchor)", "secondary=[test acc]"])
+    # a measure the table does not have is named as such, with the table's measures
+    cfg3 = experiments.load_config([], ["primary=test accuracy (targt)"])
+    assert "the paired table's measures: cloze accuracy, mlm accuracy," in experiments.verdict(cfg3, list(pairs.values()))["text"]
+    # cells asked other items (another anchors file: other words are "anchor") are not paired on those groups
+    rows[-1] = write("random", 1, ["other", "anchor", "anchor", "other", "anchor", "anchor"])
+    caplog.set_level("WARNING", logger="videomask")
+    vm = logging.getLogger("videomask")
+    vm.addHandler(caplog.handler)
+    try:
+        measures = {p["measure"] for p in experiments.paired(cfg, rows, tmp_path)}
+    finally:
+        vm.removeHandler(caplog.handler)
+    assert "mlm accuracy (anchor)" not in measures and "mlm accuracy" in measures  # same keys: the whole kind pairs
+    assert "were not asked the same probe items" in caplog.text
+    rows[-1] = write("random", 1, groups, keys=[f"x{i}" for i in range(6)])  # other clips altogether
+    assert "mlm accuracy" not in {p["measure"] for p in experiments.paired(cfg, rows, tmp_path)}
     with pytest.raises(ConfigError, match="primary: 'mlm accuracy \\(anchors\\)' is not a measure"):
         experiments.load_config([], ["primary=mlm accuracy (anchors)"])
     with pytest.raises(ConfigError, match="reads the zero-shot probe"):
         experiments.load_config([], ["primary=mlm accuracy (anchor)", "probe=false"])
+    with pytest.raises(ConfigError, match="secondary: 'test acc' is not a measure"):
+        experiments.load_config([], ["primary=mlm accuracy (anchor)", "secondary=[test acc]"])
+    with pytest.raises(ConfigError, match="beside a primary one"):
+        experiments.load_config([], ["secondary=[test accuracy]"])
 
 
 def test_experiment_config_checks_strategies_before_training():

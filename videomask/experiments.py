@@ -398,8 +398,10 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path):
     model_run = folder / "pretrain" if pre is not None else described.model.init
     if cfg.probe and model_run and not (folder / "probe.json").exists():
         shards = cfg.probe_shards or fcfgs[0].shards
-        pr = probe_mod.probe(model_run, shards, cfg.probe_split, described.data.anchors or None, seed=0,
-                             out=folder / "probe.json")
+        # one anchors file for every cell (a k-sweep's cells mask with their own top k): "anchor words" must be the
+        # same words in every cell for the probe's groups to be paired
+        shared = train.load_config(cfg.pretrain_files, cfg.pretrain).data.anchors
+        pr = probe_mod.probe(model_run, shards, cfg.probe_split, shared or None, seed=0, out=folder / "probe.json")
         logger.info(f"[{cell['name']}] probe: " + ", ".join(f"{k} {pr[k]['accuracy']:.3f}" for k in PROBE if k in pr))
 
 
@@ -464,6 +466,17 @@ def item_scores(cfg: ExperimentConfig, out: Path, cell: str, measure: str) -> li
             if i["kind"] == kind and group in ("", i.get("group"))]
 
 
+def probe_item_ids(out: Path, cell: str, measure: str) -> list[tuple] | None:
+    """The identity of each probe item of ``measure`` (its key and token position; with ``KIND:GROUP`` its group), in
+    ``item_scores``' order: two cells are paired item by item only where these are equal."""
+    pr = out / "cells" / cell / "probe.json"
+    if not pr.exists():
+        return None
+    kind, _, group = measure.partition(":")
+    return [(i["key"], i.get("index"), i.get("group") if group else None) for i in json.loads(pr.read_text())["items"]
+            if i["kind"] == kind and group in ("", i.get("group"))]
+
+
 #: the probe groups paired apart: masked tokens of anchor words (what difference-masking spends its budget on)
 #: and of other words
 PROBE_GROUPS = ("mlm:anchor", "mlm:other")
@@ -502,6 +515,12 @@ def paired(cfg: ExperimentConfig, rows: list[dict], out: Path) -> list[dict]:
             b = [item_scores(cfg, out, ref[s], measure) for s in common]
             if not common or any(x is None or not x for x in a + b) or len({len(x) for x in a + b}) != 1:
                 continue
+            if not measure.startswith("test"):  # probe items: the same questions in every paired cell, or no pair
+                ids = [probe_item_ids(out, c[s], measure) for c in (seeds, ref) for s in common]
+                if any(i != ids[0] for i in ids):
+                    logger.warning(f"{measure_name(measure)}: {cond} and {cfg.reference} were not asked the same probe "
+                                   f"items (another anchors file or probe split?): not paired")
+                    continue
             result.append({"condition": cond, "reference": cfg.reference, "measure": measure_name(measure),
                            **metrics.paired_bootstrap(np.array(a), np.array(b))})
     return result
@@ -574,6 +593,10 @@ def verdict(cfg: ExperimentConfig, pairs: list[dict]) -> dict | None:
     rule on each ``secondary`` measure is under ``"secondary"``: reported, not claimed."""
     if not cfg.primary:
         return None
+    measured = sorted({p["measure"] for p in pairs})
+    for m in [cfg.primary, *cfg.secondary]:
+        if pairs and m not in measured:  # e.g. a group name misspelled: say so, not just "not decided"
+            logger.warning(f"the paired table has no measure {m!r}; it has: {', '.join(measured)}")
     out = _decide(cfg, pairs)
     out["secondary"] = [_decide(replace(cfg, primary=m, secondary=[]), pairs) for m in cfg.secondary]
     return out
@@ -583,7 +606,9 @@ def _decide(cfg: ExperimentConfig, pairs: list[dict]) -> dict:
     gate, claim = _pair(pairs, cfg.upper_control, cfg.primary), _pair(pairs, cfg.claim, cfg.primary)
     out = {"primary": cfg.primary, "gate": None, "claim": None, "text": ""}
     if gate is None:
-        out["text"] = f"not decided: no paired {cfg.primary} of {cfg.upper_control} − {cfg.reference}"
+        measured = sorted({p["measure"] for p in pairs})
+        why = "" if not pairs or cfg.primary in measured else f" (the paired table's measures: {', '.join(measured)})"
+        out["text"] = f"not decided: no paired {cfg.primary} of {cfg.upper_control} − {cfg.reference}{why}"
         return out
     out["gate"] = "passes" if gate["lo"] > 0 else "fails"
     text = (f"gate ({cfg.upper_control} − {cfg.reference}, {cfg.primary}): {_ci(gate)}, {out['gate']}")
@@ -657,8 +682,12 @@ def bar_chart(summary: list[dict], metric: str, path: Path, chance: float | None
     from matplotlib.figure import Figure
 
     summary = [s for s in summary if s[metric] is not None]
-    measure = {"accuracy": "test accuracy", "cloze_accuracy": "cloze accuracy", "mlm_accuracy": "mlm accuracy",
-               "mlm_anchor_accuracy": "mlm accuracy (anchor)", "mlm_other_accuracy": "mlm accuracy (other)"}.get(metric)
+    if metric == "accuracy":
+        measure = "test accuracy"
+    else:  # a probe column KIND_NAME: "mlm_anchor_accuracy" -> "mlm accuracy (anchor)"
+        kind = next((k for k in PROBE if metric.startswith(k + "_")), "")
+        group = metric[len(kind) + 1:].removesuffix("accuracy").rstrip("_")
+        measure = measure_name(f"{kind}:{group}" if group else kind) if kind else None
     pairs = [p for p in pairs if p["measure"] == measure]
     fig = Figure(figsize=(1.6 + 1.3 * len(summary) + (1.2 + 1.0 * len(pairs) if pairs else 0), 3.8),
                  layout="constrained")

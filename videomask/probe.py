@@ -15,7 +15,7 @@ held-out samples (docs/method.md §10), seconds to run, the same inputs for ever
   general colours).
 
 Writes ``--out`` (default ``RUN/probe_SPLIT.json``): the figures and one row per asked item
-(key, kind, group, correct), which the ablation harness pairs across conditions for its
+(key, kind, group, correct; a masked token's position in its tokenised text as ``index``), which the ablation harness pairs across conditions for its
 confidence intervals.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def mlm_items(model, tok, samples, anchors: set, ratio: float, seed: int, max_le
     for b, i in mask.nonzero().tolist():
         w = samples[b]["words"][int(word_ids[b, i])]["w"].lower()
         items.append({"key": samples[b]["key"], "kind": "mlm", "group": "anchor" if w in anchors else "other",
-                      "correct": bool(pred[b, i] == enc["input_ids"][b, i])})
+                      "index": i, "correct": bool(pred[b, i] == enc["input_ids"][b, i])})
     return items
 
 
