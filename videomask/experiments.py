@@ -458,23 +458,25 @@ def item_scores(cfg: ExperimentConfig, out: Path, cell: str, measure: str) -> li
             keep = [group == "" or k == group for k in p.get("group", [""] * len(p["gold"]))]
             scores.append([float(g == q) for g, q, ok in zip(p["gold"], p["pred"], keep) if ok])
         return list(np.mean(scores, axis=0))
-    pr = folder / "probe.json"
+    items = _probe_items(out, cell, measure)
+    return None if items is None else [float(i["correct"]) for i in items]
+
+
+def _probe_items(out: Path, cell: str, measure: str) -> list[dict] | None:
+    """The items of a cell's probe.json for ``measure`` (``KIND`` or ``KIND:GROUP``), in their written order."""
+    pr = out / "cells" / cell / "probe.json"
     if not pr.exists():
         return None
     kind, _, group = measure.partition(":")
-    return [float(i["correct"]) for i in json.loads(pr.read_text())["items"]
-            if i["kind"] == kind and group in ("", i.get("group"))]
+    return [i for i in json.loads(pr.read_text())["items"] if i["kind"] == kind and group in ("", i.get("group"))]
 
 
 def probe_item_ids(out: Path, cell: str, measure: str) -> list[tuple] | None:
     """The identity of each probe item of ``measure`` (its key and token position; with ``KIND:GROUP`` its group), in
     ``item_scores``' order: two cells are paired item by item only where these are equal."""
-    pr = out / "cells" / cell / "probe.json"
-    if not pr.exists():
-        return None
-    kind, _, group = measure.partition(":")
-    return [(i["key"], i.get("index"), i.get("group") if group else None) for i in json.loads(pr.read_text())["items"]
-            if i["kind"] == kind and group in ("", i.get("group"))]
+    items = _probe_items(out, cell, measure)
+    grouped = ":" in measure
+    return None if items is None else [(i["key"], i.get("index"), i.get("group") if grouped else None) for i in items]
 
 
 #: the probe groups paired apart: masked tokens of anchor words (what difference-masking spends its budget on)
@@ -593,10 +595,6 @@ def verdict(cfg: ExperimentConfig, pairs: list[dict]) -> dict | None:
     rule on each ``secondary`` measure is under ``"secondary"``: reported, not claimed."""
     if not cfg.primary:
         return None
-    measured = sorted({p["measure"] for p in pairs})
-    for m in [cfg.primary, *cfg.secondary]:
-        if pairs and m not in measured:  # e.g. a group name misspelled: say so, not just "not decided"
-            logger.warning(f"the paired table has no measure {m!r}; it has: {', '.join(measured)}")
     out = _decide(cfg, pairs)
     out["secondary"] = [_decide(replace(cfg, primary=m, secondary=[]), pairs) for m in cfg.secondary]
     return out
