@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from videomask import experiments
+from videomask import experiments, results
 from videomask.config import ConfigError
 from videomask.errors import DataError, VideomaskError
 from videomask.prep import dictionaries
@@ -137,18 +137,18 @@ def test_the_gate_reads_reference_minus_baseline_on_every_measure():
     def pair(measure, lo, hi):  # as the paired table holds it: baseline - reference
         return {"condition": "no continued pretraining", "reference": "random", "measure": measure,
                 "mean": (lo + hi) / 2, "lo": lo, "hi": hi}
-    good = experiments.gate_check(cfg, [pair("test accuracy", -0.05, -0.01), pair("mlm accuracy", -0.07, -0.06)])
+    good = results.gate_check(cfg, [pair("test accuracy", -0.05, -0.01), pair("mlm accuracy", -0.07, -0.06)])
     assert good["passes"] and good["measures"]["test accuracy"]["lo"] == 0.01
-    bad = experiments.gate_check(cfg, [pair("test accuracy", 0.016, 0.048), pair("mlm accuracy", -0.07, -0.06)])
+    bad = results.gate_check(cfg, [pair("test accuracy", 0.016, 0.048), pair("mlm accuracy", -0.07, -0.06)])
     assert not bad["passes"] and "-0.048" in bad["text"] and "fails" in bad["text"]
     # after a passing gate, difference - random on the first gate measure is the claim (the registered rule)
     diff = {"condition": "difference", "reference": "random", "measure": "test accuracy", "mean": -0.02,
             "lo": -0.03, "hi": -0.01}
-    claim = experiments.gated_claim(cfg, good, [diff])
+    claim = results.gated_claim(cfg, good, [diff])
     assert claim["claim"] == "worse" and "random beats difference" in claim["text"]
-    assert experiments.gated_claim(cfg, bad, [diff])["claim"] is None  # a failed gate: the claim is not read
+    assert results.gated_claim(cfg, bad, [diff])["claim"] is None  # a failed gate: the claim is not read
     with pytest.raises(VideomaskError, match="cannot be read"):  # a measure missing is no negative result
-        experiments.gate_check(cfg, [pair("mlm accuracy", -0.07, -0.06)])
+        results.gate_check(cfg, [pair("mlm accuracy", -0.07, -0.06)])
     with pytest.raises(ConfigError, match="not measures of the paired table"):
         experiments.load_config(["configs/ablation_text.yaml"], ["task=t", "corpus=c", "gate_measures=[test_accuracy]"])
     with pytest.raises(ConfigError, match="gate_first"):

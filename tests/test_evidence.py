@@ -189,13 +189,13 @@ def test_paired_bootstrap_known_answers():
 
 
 def test_the_verdict_follows_the_preregistered_rule():
-    from videomask import experiments
+    from videomask import experiments, results
 
     cfg = experiments.load_config([], ["primary=test accuracy (target)"])
     pair = lambda cond, lo, hi, measure="test accuracy (target)": {"condition": cond, "reference": "random",
                                                                   "measure": measure, "mean": (lo + hi) / 2,
                                                                   "lo": lo, "hi": hi}
-    v = lambda *pairs: experiments.verdict(cfg, list(pairs))
+    v = lambda *pairs: results.verdict(cfg, list(pairs))
     assert v(pair("oracle", 0.01, 0.2), pair("difference", 0.02, 0.1))["claim"] == "better"
     assert v(pair("oracle", 0.01, 0.2), pair("difference", -0.2, -0.01))["claim"] == "worse"
     r = v(pair("oracle", 0.01, 0.2), pair("difference", -0.01, 0.1))
@@ -204,13 +204,13 @@ def test_the_verdict_follows_the_preregistered_rule():
     assert (r["gate"], r["claim"]) == ("fails", None) and "not read" in r["text"]
     r = v(pair("oracle", 0.01, 0.2, "test accuracy"), pair("difference", 0.05, 0.1))  # another measure: undecided
     assert (r["gate"], r["claim"]) == (None, None) and "not decided" in r["text"]
-    assert experiments.verdict(experiments.load_config([], []), [pair("oracle", 0.01, 0.2)]) is None
+    assert results.verdict(experiments.load_config([], []), [pair("oracle", 0.01, 0.2)]) is None
 
 
 def test_probe_items_pair_per_group(tmp_path, caplog):
     """``mlm accuracy (anchor)``: the masked tokens of anchor words alone, paired item by item across cells, and
     only between cells asked the same items."""
-    from videomask import experiments
+    from videomask import experiments, results
 
     cfg = experiments.load_config([], ["primary=mlm accuracy (anchor)", "strategies=[random,oracle]", "seeds=[0,1]"])
     groups = ["anchor", "other", "anchor", "other", "anchor", "anchor"]
@@ -228,38 +228,38 @@ def test_probe_items_pair_per_group(tmp_path, caplog):
         return {"condition": cond, "seed": seed, "cell": f"{cond}_s{seed}"}
 
     rows = [write(cond, seed, groups) for cond, seed in correct]
-    assert experiments.item_scores(cfg, tmp_path, "oracle_s0", "mlm:anchor") == [1.0, 1.0, 0.0, 1.0]
-    assert experiments.item_scores(cfg, tmp_path, "oracle_s0", "mlm") == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
-    pairs = {p["measure"]: p for p in experiments.paired(cfg, rows, tmp_path)}
+    assert results.item_scores(cfg, tmp_path, "oracle_s0", "mlm:anchor") == [1.0, 1.0, 0.0, 1.0]
+    assert results.item_scores(cfg, tmp_path, "oracle_s0", "mlm") == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    pairs = {p["measure"]: p for p in results.paired(cfg, rows, tmp_path)}
     # by hand: anchor items (0, 2, 4, 5) of oracle minus random, per seed, averaged over seeds and items
     anchor = np.mean([[1 - 0, 1 - 1, 0 - 0, 1 - 0], [1 - 1, 0 - 0, 1 - 0, 1 - 0]])
     assert pairs["mlm accuracy (anchor)"]["mean"] == pytest.approx(anchor)  # 0.5
     assert pairs["mlm accuracy (other)"]["mean"] == pytest.approx(np.mean([[0 - 1, 1 - 0], [1 - 1, 0 - 1]]))
     assert pairs["mlm accuracy"]["mean"] == pytest.approx((4 * anchor + 2 * -0.25) / 6)
-    assert experiments.verdict(cfg, list(pairs.values()))["text"].startswith("gate (oracle − random, mlm accuracy "
+    assert results.verdict(cfg, list(pairs.values()))["text"].startswith("gate (oracle − random, mlm accuracy "
                                                                               "(anchor)): +0.500 [")
     # a secondary measure: the same rule, reported beside the primary verdict
     cfg2 = experiments.load_config([], ["primary=mlm accuracy (anchor)", "secondary=[mlm accuracy (other)]"])
-    decided = experiments.verdict(cfg2, list(pairs.values()))
+    decided = results.verdict(cfg2, list(pairs.values()))
     assert decided["primary"] == "mlm accuracy (anchor)" and [d["gate"] for d in decided["secondary"]] == ["fails"]
     assert decided["secondary"][0]["text"].startswith("gate (oracle − random, mlm accuracy (other)): -0.250 [")
-    assert "Secondary measures" in experiments.markdown([], [], decided)
+    assert "Secondary measures" in results.markdown([], [], decided)
     # a measure the table does not have is named as such, with the table's measures
     cfg3 = experiments.load_config([], ["primary=test accuracy (targt)"])
-    assert "the paired table's measures: cloze accuracy, mlm accuracy," in experiments.verdict(cfg3, list(pairs.values()))["text"]
+    assert "the paired table's measures: cloze accuracy, mlm accuracy," in results.verdict(cfg3, list(pairs.values()))["text"]
     # cells asked other items (another anchors file: other words are "anchor") are not paired on those groups
     rows[-1] = write("random", 1, ["other", "anchor", "anchor", "other", "anchor", "anchor"])
     caplog.set_level("WARNING", logger="videomask")
     vm = logging.getLogger("videomask")
     vm.addHandler(caplog.handler)
     try:
-        measures = {p["measure"] for p in experiments.paired(cfg, rows, tmp_path)}
+        measures = {p["measure"] for p in results.paired(cfg, rows, tmp_path)}
     finally:
         vm.removeHandler(caplog.handler)
     assert "mlm accuracy (anchor)" not in measures and "mlm accuracy" in measures  # same keys: the whole kind pairs
     assert "were not asked the same probe items" in caplog.text
     rows[-1] = write("random", 1, groups, keys=[f"x{i}" for i in range(6)])  # other clips altogether
-    assert "mlm accuracy" not in {p["measure"] for p in experiments.paired(cfg, rows, tmp_path)}
+    assert "mlm accuracy" not in {p["measure"] for p in results.paired(cfg, rows, tmp_path)}
     with pytest.raises(ConfigError, match="primary: 'mlm accuracy \\(anchors\\)' is not a measure"):
         experiments.load_config([], ["primary=mlm accuracy (anchors)"])
     with pytest.raises(ConfigError, match="reads the zero-shot probe"):

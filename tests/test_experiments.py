@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from videomask import experiments
+from videomask import experiments, text_setup
 from videomask.config import ConfigError
 
 
@@ -118,19 +118,19 @@ def test_text_ablation_from_raw_folders(tmp_path):
     # a task without dev.jsonl: refused, or split from train when asked
     nodev = text_task(tmp_path / "nodev", dev=False)
     with pytest.raises(Exception, match="dev.jsonl"):
-        experiments.prepare_text(experiments.load_config(["configs/ablation_text.yaml"],
+        text_setup.prepare_text(experiments.load_config(["configs/ablation_text.yaml"],
                                                          [f"task={nodev}", f"corpus={tmp_path / 'corpus'}"]),
                                  tmp_path / "x")
     cfg = experiments.load_config(["configs/ablation_text.yaml"], [f"task={nodev}", f"corpus={tmp_path / 'corpus'}",
                                                                    "dev_from_train=0.3"])
-    experiments.prepare_text(cfg, tmp_path / "y")
+    text_setup.prepare_text(cfg, tmp_path / "y")
     man = json.loads((tmp_path / "y" / "data" / "task" / "shards" / "manifest.json").read_text())
     assert set(man["splits"]) == {"train", "val", "test"} and 15 < man["splits"]["val"]["samples"] < 45
     # an empty corpus: a clear error
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "c.txt").write_text("\n\n")
     with pytest.raises(ConfigError, match="holds no text"):
-        experiments.prepare_text(experiments.load_config(["configs/ablation_text.yaml"], [
+        text_setup.prepare_text(experiments.load_config(["configs/ablation_text.yaml"], [
             f"task={task}", f"corpus={tmp_path / 'empty'}"]), tmp_path / "z")
     with pytest.raises(ConfigError, match="task and corpus go together"):
         experiments.load_config(["configs/ablation_text.yaml"], [f"task={task}"])
