@@ -237,7 +237,7 @@ def test_probe_items_pair_per_group(tmp_path, caplog):
     assert pairs["mlm accuracy (other)"]["mean"] == pytest.approx(np.mean([[0 - 1, 1 - 0], [1 - 1, 0 - 1]]))
     assert pairs["mlm accuracy"]["mean"] == pytest.approx((4 * anchor + 2 * -0.25) / 6)
     assert results.verdict(cfg, list(pairs.values()))["text"].startswith("gate (oracle − random, mlm accuracy "
-                                                                              "(anchor)): +0.500 [")
+                                                                          "(anchor)): +0.500 [")
     # a secondary measure: the same rule, reported beside the primary verdict
     cfg2 = experiments.load_config([], ["primary=mlm accuracy (anchor)", "secondary=[mlm accuracy (other)]"])
     decided = results.verdict(cfg2, list(pairs.values()))

@@ -119,8 +119,8 @@ def test_text_ablation_from_raw_folders(tmp_path):
     nodev = text_task(tmp_path / "nodev", dev=False)
     with pytest.raises(Exception, match="dev.jsonl"):
         text_setup.prepare_text(experiments.load_config(["configs/ablation_text.yaml"],
-                                                         [f"task={nodev}", f"corpus={tmp_path / 'corpus'}"]),
-                                 tmp_path / "x")
+                                                        [f"task={nodev}", f"corpus={tmp_path / 'corpus'}"]),
+                                tmp_path / "x")
     cfg = experiments.load_config(["configs/ablation_text.yaml"], [f"task={nodev}", f"corpus={tmp_path / 'corpus'}",
                                                                    "dev_from_train=0.3"])
     text_setup.prepare_text(cfg, tmp_path / "y")

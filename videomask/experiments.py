@@ -33,14 +33,13 @@ go to continued pretraining (``optim.max_steps=N``).
 any other and reads the gate on them (``gate.json``, at the top of ``results.md``): ``reference`` − baseline with
 its 95% CI above 0 on every measure of ``gate_measures``; if not, the other strategies are not run.
 
-The comparison of the cells (pairing, the decision rules, the table and the chart) is ``videomask.results``;
-the preparation of a text task from raw folders and its base stage, ``videomask.text_setup``.
-
 ``anchor_counts`` (e.g. ``[5, 10, 20]``) takes the top-K words of the pretraining config's
 ``data.anchors`` and re-scores ``shards`` (unscored) with ``scorer`` for each K; empty: the
 anchors and scored shards of the pretraining config as they are. ``alphas`` and
 ``anchor_counts`` vary only the strategies that use scores (difference, inverse_difference).
 """
+# The comparison of the cells (pairing, the decision rules, the table and the chart) is videomask.results; the
+# preparation of a text task from raw folders and its base stage, videomask.text_setup.
 from __future__ import annotations
 
 import csv

@@ -6,7 +6,8 @@ upper-control gate and claim, ``verdict``; the text ablation's gate run first, `
 A cell's folder (``OUT/cells/<cell>``, written by ``videomask.experiments``) holds ``finetune`` (and
 ``finetune_1`` ...) with ``metrics.json`` (its ``test_predictions``: gold and predicted label per test item) and
 ``probe.json`` (``videomask.probe``: one record per probe item). Conditions are paired seed by seed and item by
-item; the statistics are ``videomask.metrics.paired_bootstrap``.
+item; the statistics are ``videomask.metrics.paired_bootstrap``. ``videomask.experiments.report`` writes
+``results.md``, ``results.csv``, ``paired.json`` and ``verdict.json`` with these functions.
 """
 from __future__ import annotations
 
@@ -43,13 +44,10 @@ def finetune_dirs(cfg: ExperimentConfig, folder: Path) -> list[Path]:
     return [folder / ("finetune" if j == 0 else f"finetune_{j}") for j in range(cfg.finetune_seeds)]
 
 
-
 def finished_runs(cfg: ExperimentConfig, folder: Path) -> list[dict]:
     """The metrics.json of each of the cell's fine-tuning runs; [] unless all are finished."""
     paths = [d / "metrics.json" for d in finetune_dirs(cfg, folder)]
     return [json.loads(m.read_text()) for m in paths] if all(m.exists() for m in paths) else []
-
-
 
 
 def item_scores(cfg: ExperimentConfig, out: Path, cell: str, measure: str) -> list[float] | None:
