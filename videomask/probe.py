@@ -32,7 +32,7 @@ from tqdm import tqdm
 from . import data, masking, urls
 from .collate import batch_word_ids, sample_generator
 from .errors import DataError, VideomaskError
-from .model import TextMLM, load_run, load_tokenizer
+from .model import TextMLM, build_model, load_run, load_tokenizer
 
 
 def _logits(model, ids, attn, frames=None) -> torch.Tensor:
@@ -129,6 +129,19 @@ def probe(run, shards, split: str = "test", anchors=None, ratio: float = 0.15, s
                                              batch_size, max_len, progress, device)}
     out = Path(out) if out else run / f"probe_{split}.json"
     out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def probe_released(model_cfg, shards, split: str = "test", anchors=None, init_seed: int = 0, out=None, **kw) -> dict:
+    """``probe`` of a base model that has no run folder (``model.init`` empty: the model as its config builds it,
+    e.g. a released text encoder whose masked-LM head is untrained), its untrained parts drawn from
+    ``init_seed``, as fine-tuning draws them from its seed. ``kw``: as ``probe_model``. Writes ``out`` if given."""
+    torch.manual_seed(init_seed)
+    tok = load_tokenizer(model_cfg)
+    model = build_model(model_cfg, len(tok))
+    result = {"run": None, **probe_model(model, tok, shards, split, anchors, **kw)}
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -242,7 +242,7 @@ def gate_check(cfg: ExperimentConfig, pairs: list[dict]) -> dict:
         if p is None:  # not a negative result: the run cannot read its gate
             raise VideomaskError(f"the gate cannot be read: no paired {m!r} of {base} − {cfg.reference} (measured: "
                                  f"{sorted({q['measure'] for q in pairs})})")
-        flipped = {**p, "mean": -p["mean"], "lo": -p["hi"], "hi": -p["lo"]}
+        flipped = {**p, "mean": 0.0 - p["mean"], "lo": 0.0 - p["hi"], "hi": 0.0 - p["lo"]}  # 0.0 -: no "-0.000"
         found[m] = flipped
         parts.append(f"{m} {_ci(flipped)}")
     passes = len(found) == len(cfg.gate_measures) and all(p["lo"] > 0 for p in found.values())
