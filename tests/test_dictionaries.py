@@ -107,6 +107,16 @@ def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path
         experiments.load_config([], [f"base_corpus={general}"])
 
 
+def test_a_gate_on_the_probe_needs_a_trained_head(tmp_path, capsys):
+    """The offline MiniLM has no masked-LM head: without the base stage its baseline's masked-token accuracy is ~0
+    whatever the domain, so the probe half of the gate would pass trivially. Refused before anything is written."""
+    out = tmp_path / "abl"
+    args = ["configs/ablation_text.yaml", f"task={tmp_path / 't'}", f"corpus={tmp_path / 'c'}", f"out={out}"]
+    assert experiments.main(args) == 2
+    err = capsys.readouterr().err
+    assert "cls.predictions" in err and "base_corpus" in err and not out.exists()
+
+
 def test_bag_of_words_reads_what_vocabulary_tells():
     from videomask.baselines import bag_of_words
 
@@ -132,6 +142,8 @@ def test_the_gate_reads_reference_minus_baseline_on_every_measure():
     assert not bad["passes"] and "-0.048" in bad["text"] and "fails" in bad["text"]
     tie = results.gate_check(cfg, [pair("test accuracy", 0.0, 0.0), pair("mlm accuracy", -0.07, -0.06)])
     assert "test accuracy +0.000 [+0.000, +0.000]" in tie["text"] and not tie["passes"]  # a tie is no "-0.000"
+    tiny = results.gate_check(cfg, [pair("test accuracy", 0.0001, 0.0003), pair("mlm accuracy", -0.07, -0.06)])
+    assert "test accuracy +0.000 [+0.000, +0.000]" in tiny["text"]  # nor is a value that rounds to zero
     # after a passing gate, difference - random on the first gate measure is the claim (the registered rule)
     diff = {"condition": "difference", "reference": "random", "measure": "test accuracy", "mean": -0.02,
             "lo": -0.03, "hi": -0.01}

@@ -291,7 +291,7 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path):
             pr = probe_mod.probe(model_run, shards, cfg.probe_split, shared or None, seed=0, out=folder / "probe.json")
         else:  # the baseline of a base with no run folder (no base stage): probed as its fine-tuning builds it
             pr = probe_mod.probe_released(described.model, shards, cfg.probe_split, shared or None,
-                                          init_seed=cell["seed"], out=folder / "probe.json", seed=0)
+                                          init_seed=fcfgs[0].run.seed, out=folder / "probe.json", seed=0)
         logger.info(f"[{cell['name']}] probe: " + ", ".join(f"{k} {pr[k]['accuracy']:.3f}" for k in PROBE if k in pr))
 
 
@@ -357,6 +357,19 @@ def report(cfg: ExperimentConfig, out: Path) -> list[dict]:
 def run(cfg: ExperimentConfig) -> list[dict]:
     out = Path(cfg.out)
     todo = cells(cfg)
+    probed = [m for m in cfg.gate_measures if not m.startswith("test")] if cfg.gate_first else []
+    if probed and not cfg.base_corpus:  # before anything trains: a gate half that would pass whatever was learnt
+        from .model import missing_from_checkpoint
+
+        base = train.load_config(cfg.pretrain_files, cfg.pretrain).model
+        fresh = missing_from_checkpoint(base)
+        if fresh:
+            name, listed = base.text or "a BERT from the config", ", ".join(fresh[:3]) + (", ..." if len(fresh) > 3 else "")
+            raise ConfigError(
+                f"gate_measures {probed} read the probe's masked-token accuracy, but the baseline ({name}) has "
+                f"parameters no checkpoint gives ({listed}): its masked-LM head is untrained, so random - none would "
+                "pass that half of the gate whatever continued pretraining learnt. Give base_corpus (the base stage "
+                "restores the head first) or gate_measures=[test accuracy]")
     if not cfg.task:  # every cell's keys are checked before anything is written (a text task's data comes first)
         for c in todo:
             cell_configs(cfg, c, out)

@@ -127,6 +127,20 @@ def build_text(cfg: ModelConfig, vocab_size: int, source: Path | None = None):
                                       attention_probs_dropout_prob=cfg.dropout))
 
 
+def missing_from_checkpoint(cfg: ModelConfig) -> list[str]:
+    """The parameters of a text model that no checkpoint gives, drawn at random when it is built: those its
+    pretrained checkpoint ``cfg.text`` lacks (a sentence-transformers release has no masked-LM head), or all of
+    a BERT built from the config's fields. [] with ``init`` (a run's weights) and for the merged video model."""
+    if cfg.init or cfg.kind != "text":
+        return []
+    if not cfg.text:
+        return ["(all: a BERT built from the config's fields)"]
+    from transformers import AutoModelForMaskedLM
+
+    _, info = AutoModelForMaskedLM.from_pretrained(resolve_hf(cfg.text), output_loading_info=True)
+    return sorted(set(info["missing_keys"]) | {k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]})
+
+
 def text_positions(cfg: ModelConfig) -> int:
     """The most text tokens the model of ``cfg`` takes: its position embeddings, less RoBERTa's offset and,
     in the merged model, the position reserved for visual tokens. From the config alone (nothing built)."""

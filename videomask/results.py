@@ -195,7 +195,8 @@ def _pair(pairs, condition: str, measure: str) -> dict | None:
 
 
 def _ci(p: dict) -> str:
-    return f"{p['mean']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}]"
+    r = lambda x: round(x, 3) + 0.0  # noqa: E731 (+ 0.0: a value that rounds to zero reads +0.000, never -0.000)
+    return f"{r(p['mean']):+.3f} [{r(p['lo']):+.3f}, {r(p['hi']):+.3f}]"
 
 
 def verdict(cfg: ExperimentConfig, pairs: list[dict]) -> dict | None:
@@ -242,7 +243,7 @@ def gate_check(cfg: ExperimentConfig, pairs: list[dict]) -> dict:
         if p is None:  # not a negative result: the run cannot read its gate
             raise VideomaskError(f"the gate cannot be read: no paired {m!r} of {base} − {cfg.reference} (measured: "
                                  f"{sorted({q['measure'] for q in pairs})})")
-        flipped = {**p, "mean": 0.0 - p["mean"], "lo": 0.0 - p["hi"], "hi": 0.0 - p["lo"]}  # 0.0 -: no "-0.000"
+        flipped = {**p, "mean": -p["mean"], "lo": -p["hi"], "hi": -p["lo"]}
         found[m] = flipped
         parts.append(f"{m} {_ci(flipped)}")
     passes = len(found) == len(cfg.gate_measures) and all(p["lo"] > 0 for p in found.values())
