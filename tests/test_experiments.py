@@ -108,9 +108,14 @@ def test_a_passing_gate_runs_the_other_strategies_and_reads_the_claim(tmp_path):
     gate = json.loads((out / "gate.json").read_text())
     assert gate["passes"] and gate["measures"]["mlm accuracy"]["lo"] > 0, gate["text"]
     assert json.loads((out / "cells" / "no_continued_pretraining_s0" / "probe.json").read_text())["run"] is None
-    # every strategy of the config ran after the gate, and the registered claim was read on the gate's measure
+    # every strategy of the config ran, the others after the gate was read, and the registered claim was read on
+    # the gate's measure
     for s in ("no_continued_pretraining", "random", "difference", "inverse_difference"):
         assert (out / "cells" / f"{s}_s0" / "finetune" / "metrics.json").exists(), s
+    read = (out / "gate.json").stat().st_mtime_ns
+    assert all((out / "cells" / f"{s}_s0" / "pretrain" / "config.yaml").stat().st_mtime_ns > read
+               for s in ("difference", "inverse_difference"))
+    assert (out / "cells" / "random_s0" / "pretrain" / "config.yaml").stat().st_mtime_ns < read
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["passes"] and verdict["claim"] in ("better", "worse", "no detectable difference")
     assert "difference − random, mlm accuracy:" in verdict["text"]
