@@ -132,13 +132,18 @@ def probe(run, shards, split: str = "test", anchors=None, ratio: float = 0.15, s
     return result
 
 
-def probe_released(model_cfg, shards, split: str = "test", anchors=None, init_seed: int = 0, out=None, **kw) -> dict:
-    """``probe`` of a base model that has no run folder (``model.init`` empty: the model as its config builds it,
-    e.g. a released text encoder whose masked-LM head is untrained), its untrained parts drawn from
-    ``init_seed``, as fine-tuning draws them from its seed. ``kw``: as ``probe_model``. Writes ``out`` if given."""
+def released(model_cfg, init_seed: int = 0) -> tuple:
+    """(model, tokenizer) of a base model that has no run folder (``model.init`` empty: the model as its config
+    builds it, e.g. a released text encoder whose masked-LM head is untrained), its untrained parts drawn from
+    ``init_seed``, as fine-tuning draws them from its seed."""
     torch.manual_seed(init_seed)
     tok = load_tokenizer(model_cfg)
-    model = build_model(model_cfg, len(tok))
+    return build_model(model_cfg, len(tok)), tok
+
+
+def probe_released(model_cfg, shards, split: str = "test", anchors=None, init_seed: int = 0, out=None, **kw) -> dict:
+    """``probe`` of ``released(model_cfg, init_seed)``. ``kw``: as ``probe_model``. Writes ``out`` if given."""
+    model, tok = released(model_cfg, init_seed)
     result = {"run": None, **probe_model(model, tok, shards, split, anchors, **kw)}
     if out:
         Path(out).write_text(json.dumps(result, indent=1))

@@ -70,7 +70,7 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
     every model) on held-out general text (``base_corpus``'s test split) and on held-out domain text (the task's
     test split), before (the model as released) and after each run. Returns the config with every cell's
     continued pretraining (and the base cells) starting from the last run."""
-    from .model import build_model, load_run, load_tokenizer
+    from .model import load_run, load_tokenizer
     from .prep import build
 
     shards = out / "data" / "base" / "shards"
@@ -110,11 +110,7 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
         if name in report:
             continue
         if run is None:  # as released: the head's untrained parts drawn by a fixed seed (a random head: ~0)
-            import torch
-
-            torch.manual_seed(0)
-            first = train.load_config(cfg.base_files, cfg.base).model
-            model, tok = build_model(first, len(load_tokenizer(first))), load_tokenizer(first)
+            model, tok = probe_mod.released(train.load_config(cfg.base_files, cfg.base).model, init_seed=0)
         else:
             model, mcfg = load_run(run)
             tok = load_tokenizer(mcfg)
