@@ -107,6 +107,39 @@ def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path
         experiments.load_config([], [f"base_corpus={general}"])
 
 
+def test_a_base_built_from_scratch_is_pretrained_whole_on_general_text(tmp_path):
+    """The shipped BERT-Tiny base files (configs/text_bert_tiny_base.yaml): no head to restore, so the one base stage
+    ("general") trains every parameter of a BERT built from the config's fields, and every cell starts from it."""
+    general = tmp_path / "general"
+    dictionaries.prepare_wordnet(FIX, general, test_share=0.25)
+    dictionaries.prepare_foldoc(FIX, tmp_path / "foldoc", classes=("language", "networking"), per_class=2)
+    out = tmp_path / "abl"
+    short = "optim.max_steps=2,optim.warmup_steps=0,data.batch_size=4,data.max_text_len=32"
+    args = ["configs/ablation_text.yaml", f"task={tmp_path / 'foldoc' / 'task'}",
+            f"corpus={tmp_path / 'foldoc' / 'corpus'}", f"out={out}", "seeds=[0]", "strategies=[random]", "anchor_k=5",
+            f"base_corpus={general}", "base_files=[configs/text_bert_tiny_base.yaml]", "base_full_steps=0",
+            f"base=[{short},data.shuffle=0]", "pretrain_files=[configs/text_bert_tiny.yaml]", f"pretrain=[{short}]",
+            "finetune=[epochs=1,max_text_len=16]"]
+    assert experiments.main(args) == 0
+    base = out / "base" / "general"
+    assert not (out / "base" / "head").exists() and not (out / "base" / "full").exists()
+    saved = json.loads((base / "model_config.json").read_text())
+    assert (saved["text"], saved["hidden"], saved["layers"]) == ("", 128, 2)
+    # the model as the stage built it (its config and seed): the encoder's and the embeddings' weights all moved
+    from videomask.probe import released
+    from videomask.train import load_config
+
+    stage = load_config([base / "config.yaml"])
+    built = released(stage.model, init_seed=stage.run.seed)[0].state_dict()
+    trained = load_file(base / "model.safetensors")
+    moved = {k for k, v in built.items() if k in trained and not torch.equal(v, trained[k])}  # (tied decoder: not saved)
+    assert {"mlm.bert.embeddings.word_embeddings.weight", "mlm.bert.encoder.layer.0.attention.self.query.weight",
+            "mlm.bert.encoder.layer.1.output.dense.weight", "mlm.cls.predictions.transform.dense.weight"} <= moved
+    assert list(json.loads((out / "base" / "report.json").read_text())) == ["before", "general"]
+    assert f"init: {base}" in (out / "cells" / "random_s0" / "pretrain" / "config.yaml").read_text()
+    assert f"  init: {base}\n" in (out / "cells" / "no_continued_pretraining_s0" / "finetune" / "config.yaml").read_text()
+
+
 def test_a_gate_on_the_probe_needs_a_trained_head(tmp_path, capsys):
     """The offline MiniLM has no masked-LM head: without the base stage its baseline's masked-token accuracy is ~0
     whatever the domain, so the probe half of the gate would pass trivially. Refused before anything is written."""

@@ -65,10 +65,11 @@ def prepare_text(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
 
 def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
     """The base stage: ``base_corpus`` as shards, the pretrained model's masked-LM head trained on it with the
-    encoder frozen (``OUT/base/head``), then ``base_full_steps`` of full masked-LM training (``OUT/base/full``);
-    each run made once. ``OUT/base/report.json``: masked-token accuracy (``videomask.probe``, the same masks for
-    every model) on held-out general text (``base_corpus``'s test split) and on held-out domain text (the task's
-    test split), before (the model as released) and after each run. Returns the config with every cell's
+    encoder frozen (``OUT/base/head``; with base files that train the whole model, e.g. a BERT built from scratch,
+    ``OUT/base/general``), then ``base_full_steps`` of full masked-LM training (``OUT/base/full``); each run made
+    once. ``OUT/base/report.json``: masked-token accuracy (``videomask.probe``, the same masks for every model) on
+    held-out general text (``base_corpus``'s test split) and on held-out domain text (the task's test split),
+    before (the model as released, or as built) and after each run. Returns the config with every cell's
     continued pretraining (and the base cells) starting from the last run."""
     from .model import load_run, load_tokenizer
     from .prep import build
@@ -81,8 +82,11 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
     if "test" not in splits:
         raise ConfigError(f"base_corpus={cfg.base_corpus}: no held-out text to measure the base on (give a folder "
                           "with train/ and test/)")
-    stages = [("head", [])] + ([("full", ["optim.train=[]", "optim.freeze=[]", f"optim.max_steps={cfg.base_full_steps}",
-                                           f"model.init={out / 'base' / 'head'}", *cfg.base_full])]
+    # the first stage restores a released model's head (optim.train=[head]: "head"), or pretrains the whole model
+    # on general text ("general": e.g. a BERT built from the config's fields, model.text="")
+    first = "head" if list(train.load_config(cfg.base_files, cfg.base).optim.train) == ["head"] else "general"
+    stages = [(first, [])] + ([("full", ["optim.train=[]", "optim.freeze=[]", f"optim.max_steps={cfg.base_full_steps}",
+                                           f"model.init={out / 'base' / first}", *cfg.base_full])]
                                if cfg.base_full_steps else [])
     held_out = {"general": (shards, "test"), "domain": (out / "data" / "task" / "shards", "test")}
     report_path = out / "base" / "report.json"
@@ -104,7 +108,8 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
                         f"(optim.train={list(bcfg.optim.train)})")
             train.train(bcfg)
         runs.append((name, done))
-    # the rows of this configuration's stages only ("before": the model as released, its head untrained)
+    # the rows of this configuration's stages only ("before": the model as released, its head untrained, or as
+    # built from the config's fields, all of it untrained)
     report = {k: v for k, v in report.items() if k in ("before", *(n for n, _ in runs))}
     for name, run in [("before", None), *runs]:
         if name in report:
