@@ -124,6 +124,29 @@ def test_a_passing_gate_runs_the_other_strategies_and_reads_the_claim(tmp_path):
     assert conditions == ["no continued pretraining", "random", "difference", "inverse_difference"]
 
 
+def test_a_cell_stopped_early_stops_the_experiment_and_the_same_command_continues_it(tmp_path, capsys):
+    """A cell's continued pretraining or fine-tuning that stops before its end (a stop signal, run.stop_after) saves
+    its state; the harness must stop there (it used to go on to fine-tune from a model that was not written), and
+    the same command without the stop finishes the cell from where it stopped."""
+    task = text_task(tmp_path / "task", n_train=6, n_dev=3, n_test=6)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "c.txt").write_text("\n".join(f"the daemon {i} reads the configuration file" for i in range(20)))
+    out = tmp_path / "abl"
+    model = f"model.text={tiny_bert(tmp_path / 'bert')},data.batch_size=4,data.max_text_len=32"
+    args = ["configs/ablation_text.yaml", f"task={task}", f"corpus={tmp_path / 'corpus'}", f"out={out}", "seeds=[0]",
+            "strategies=[random]", "baseline=false", "gate_first=false", "probe=false", "optim.max_steps=3",
+            "optim.warmup_steps=0", "anchor_k=3"]
+    cell = out / "cells" / "random_s0"
+    assert experiments.main([*args, f"pretrain=[{model},run.stop_after=1]", "finetune=[epochs=2,max_text_len=16]"]) == 2
+    assert "pretrain stopped at step 1 of 3" in capsys.readouterr().err and not (cell / "finetune").exists()
+    assert (cell / "pretrain" / "checkpoint.pt").exists() and not (cell / "pretrain" / "model.safetensors").exists()
+    assert experiments.main([*args, f"pretrain=[{model}]", "finetune=[epochs=2,max_text_len=16,run.stop_after=1]"]) == 2
+    assert "finetune stopped before its last epoch" in capsys.readouterr().err
+    assert (cell / "pretrain" / "model.safetensors").exists() and not (cell / "finetune" / "metrics.json").exists()
+    assert experiments.main([*args, f"pretrain=[{model}]", "finetune=[epochs=2,max_text_len=16]"]) == 0
+    assert len(json.loads((cell / "finetune" / "metrics.json").read_text())["history"]) == 2
+
+
 def test_text_ablation_from_raw_folders(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 

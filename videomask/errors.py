@@ -22,6 +22,11 @@ class MissingError(DataError, FileNotFoundError):
     """A file, folder, shard or split that is not there (also a ``FileNotFoundError``)."""
 
 
+class Unfinished(VideomaskError):
+    """A run that stopped before its end (a stop signal, ``run.stop_after``) and saved its state, met by a stage whose
+    next step reads its finished model: the pipeline stops there; rerunning the same command continues it."""
+
+
 def explain_os_error(e: OSError) -> str | None:
     """A message for the file-system failures a user can fix (disk full, read-only, no permission), naming
     the file; None for other errors (they keep their traceback)."""

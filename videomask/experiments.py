@@ -59,6 +59,7 @@ from . import finetune as ft
 from . import masking, train
 from . import probe as probe_mod
 from .config import ConfigError, run_cli
+from .errors import Unfinished
 from .config import load_config as _load_layered
 from .results import (BASELINE, DIAGNOSTICS, METRICS, PROBE, PROBE_COLUMNS, PROBE_GROUPS, bar_chart, finetune_dirs,
                       finished_runs, gate_check, gated_claim, markdown, measure_name, paired, summarise, verdict)
@@ -271,13 +272,16 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path):
     else:
         if pre is not None and not (folder / "pretrain" / "model.safetensors").exists():
             logger.info(f"[{cell['name']}] continued pretraining ({pre.masking.strategy}, {pre.optim.max_steps} steps)")
-            train.train(pre)
+            train.train_to_end(pre)
         accuracies = []
         for fcfg in fcfgs:
             done = Path(fcfg.run.out) / "metrics.json"
             if not done.exists():
                 logger.info(f"[{cell['name']}] fine-tuning ({fcfg.task}, {fcfg.mode}, seed {fcfg.run.seed})")
             r = json.loads(done.read_text()) if done.exists() else ft.finetune(fcfg)
+            if r.get("stopped"):  # run.stop_after: no test metrics yet
+                raise Unfinished(f"{fcfg.run.out} stopped before its last epoch (its state is saved): rerun the same "
+                                 "command to continue it")
             accuracies.append(r["test"]["accuracy"])
         logger.info(f"[{cell['name']}] test accuracy {np.mean(accuracies):.4f} over {len(fcfgs)} fine-tuning "
                     f"seed(s) ({time.perf_counter() - t:.0f}s)")

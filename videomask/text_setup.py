@@ -106,7 +106,7 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
         else:
             logger.info(f"[base] {name}: {bcfg.optim.max_steps} steps on {cfg.base_corpus} "
                         f"(optim.train={list(bcfg.optim.train)})")
-            train.train(bcfg)
+            train.train_to_end(bcfg)
         runs.append((name, done))
     # the rows of this configuration's stages only ("before": the model as released, its head untrained, or as
     # built from the config's fields, all of it untrained)

@@ -34,6 +34,7 @@ from .collate import MaskingCollator
 from .precision import MasterWeights, to_bf16
 from .config import CONFIG_DIR, ConfigError, TrainConfig, load_config, run_cli
 from .engine import LoopState, all_ranks_true, to_device
+from .errors import Unfinished
 from .files import FolderLock
 from .loader import Loader, make_loader
 from .masking import strategies
@@ -409,6 +410,17 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
     return {"out": str(out), "step": state.step, "finished": finished,
             "model": str(out / "model.safetensors") if finished else None,
             "last": {k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+
+
+def train_to_end(cfg: TrainConfig) -> dict:
+    """``train`` for a pipeline whose next stage reads the finished model (a base stage, an experiment's cell): a
+    run that stops early (a signal, ``run.stop_after``) raises ``Unfinished`` rather than returning, so that the
+    next stage never starts from a model that is not there."""
+    r = train(cfg)
+    if not r["finished"]:
+        raise Unfinished(f"{cfg.run.out} stopped at step {r['step']} of {cfg.optim.max_steps} (its state is saved): "
+                         "rerun the same command to continue it")
+    return r
 
 
 def report(cfg: TrainConfig, loader: Loader, out: Path, steps: int):

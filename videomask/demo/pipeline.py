@@ -132,7 +132,7 @@ def base(out: Path, overrides=()) -> dict:
     cfg = train.load_config([CONFIG_DIR / "base_general.yaml"], [f"data.train={out / 'shards' / 'general'}",
                                                                   f"run.out={out / 'base'}", *overrides])
     if not (out / "base" / "model.safetensors").exists():
-        train.train(cfg)
+        train.train_to_end(cfg)
     check = out / "base" / "probe_test.json"
     r = json.loads(check.read_text()) if check.exists() else probe_mod.probe(out / "base", out / "shards" / "general",
                                                                              "test")
