@@ -107,7 +107,7 @@ def test_the_base_stage_restores_the_head_and_every_cell_starts_from_it(tmp_path
         experiments.load_config([], [f"base_corpus={general}"])
 
 
-def test_a_base_built_from_scratch_is_pretrained_whole_on_general_text(tmp_path):
+def test_a_base_built_from_scratch_is_pretrained_whole_on_general_text(tmp_path, capsys):
     """The shipped BERT-Tiny base files (configs/text_bert_tiny_base.yaml): no head to restore, so the one base stage
     ("general") trains every parameter of a BERT built from the config's fields, and every cell starts from it."""
     general = tmp_path / "general"
@@ -120,6 +120,10 @@ def test_a_base_built_from_scratch_is_pretrained_whole_on_general_text(tmp_path)
             f"base_corpus={general}", "base_files=[configs/text_bert_tiny_base.yaml]", "base_full_steps=0",
             f"base=[{short},data.shuffle=0]", "pretrain_files=[configs/text_bert_tiny.yaml]", f"pretrain=[{short}]",
             "finetune=[epochs=1,max_text_len=16]"]
+    # a base stage stopped early stops the command (no report of a model that was not made); rerun, it continues
+    stopped = [f"base=[{short},data.shuffle=0,run.stop_after=1]" if a.startswith("base=") else a for a in args]
+    assert experiments.main(stopped) == 2
+    assert "general stopped at step 1 of 2" in capsys.readouterr().err and not (out / "base" / "report.json").exists()
     assert experiments.main(args) == 0
     base = out / "base" / "general"
     assert not (out / "base" / "head").exists() and not (out / "base" / "full").exists()
@@ -135,7 +139,13 @@ def test_a_base_built_from_scratch_is_pretrained_whole_on_general_text(tmp_path)
     moved = {k for k, v in built.items() if k in trained and not torch.equal(v, trained[k])}  # (tied decoder: not saved)
     assert {"mlm.bert.embeddings.word_embeddings.weight", "mlm.bert.encoder.layer.0.attention.self.query.weight",
             "mlm.bert.encoder.layer.1.output.dense.weight", "mlm.cls.predictions.transform.dense.weight"} <= moved
-    assert list(json.loads((out / "base" / "report.json").read_text())) == ["before", "general"]
+    report = json.loads((out / "base" / "report.json").read_text())
+    assert list(report) == ["before", "general"]
+    # a base made again in the same folder (another model, say) is measured again, "before" row included
+    (out / "base" / "report.json").write_text(json.dumps({**report, "before": {"general": {"accuracy": 2.0}}}))
+    shutil.rmtree(base)
+    assert experiments.main(args) == 0
+    assert json.loads((out / "base" / "report.json").read_text())["before"] == report["before"]
     assert f"init: {base}" in (out / "cells" / "random_s0" / "pretrain" / "config.yaml").read_text()
     assert f"  init: {base}\n" in (out / "cells" / "no_continued_pretraining_s0" / "finetune" / "config.yaml").read_text()
 

@@ -124,10 +124,10 @@ def test_a_passing_gate_runs_the_other_strategies_and_reads_the_claim(tmp_path):
     assert conditions == ["no continued pretraining", "random", "difference", "inverse_difference"]
 
 
-def test_a_cell_stopped_early_stops_the_experiment_and_the_same_command_continues_it(tmp_path, capsys):
-    """A cell's continued pretraining or fine-tuning that stops before its end (a stop signal, run.stop_after) saves
-    its state; the harness must stop there (it used to go on to fine-tune from a model that was not written), and
-    the same command without the stop finishes the cell from where it stopped."""
+def test_a_cell_stopped_early_stops_the_experiment_and_a_rerun_continues_it(tmp_path, capsys):
+    """A cell's continued pretraining (a stop signal or run.stop_after) or fine-tuning (run.stop_after) that stops
+    before its end saves its state; the harness must stop there (it used to go on to fine-tune from a model that
+    was not written), and the command without the stop finishes the cell from where it stopped."""
     task = text_task(tmp_path / "task", n_train=6, n_dev=3, n_test=6)
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "c.txt").write_text("\n".join(f"the daemon {i} reads the configuration file" for i in range(20)))

@@ -91,7 +91,7 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
     held_out = {"general": (shards, "test"), "domain": (out / "data" / "task" / "shards", "test")}
     report_path = out / "base" / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    runs = []
+    runs, trained = [], False
     for name, extra in stages:
         bcfg = train.load_config(cfg.base_files, [*cfg.base, f"data.train={shards}", "data.train_split=train",
                                                   f"run.out={out / 'base' / name}", "run.resume=auto", *extra])
@@ -107,10 +107,12 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
             logger.info(f"[base] {name}: {bcfg.optim.max_steps} steps on {cfg.base_corpus} "
                         f"(optim.train={list(bcfg.optim.train)})")
             train.train_to_end(bcfg)
+            trained = True
         runs.append((name, done))
     # the rows of this configuration's stages only ("before": the model as released, its head untrained, or as
-    # built from the config's fields, all of it untrained)
-    report = {k: v for k, v in report.items() if k in ("before", *(n for n, _ in runs))}
+    # built from the config's fields, all of it untrained); all measured again when a stage was made now (rows
+    # kept from another model's base in the same folder would describe that model)
+    report = {} if trained else {k: v for k, v in report.items() if k in ("before", *(n for n, _ in runs))}
     for name, run in [("before", None), *runs]:
         if name in report:
             continue

@@ -179,5 +179,7 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as `videomask demo`: the CLI turns errors (videomask.errors) into messages
+    from videomask.cli import main as cli_main
+
+    sys.exit(cli_main(["demo", *sys.argv[1:]]))
