@@ -59,8 +59,8 @@ from . import finetune as ft
 from . import masking, train
 from . import probe as probe_mod
 from .config import ConfigError, run_cli
-from .errors import Unfinished
 from .config import load_config as _load_layered
+from .errors import Unfinished
 from .results import (BASELINE, DIAGNOSTICS, METRICS, PROBE, PROBE_COLUMNS, PROBE_GROUPS, bar_chart, finetune_dirs,
                       finished_runs, gate_check, gated_claim, markdown, measure_name, paired, summarise, verdict)
 from .text_setup import prepare_base, prepare_text

@@ -84,7 +84,8 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
                           "with train/ and test/)")
     # the first stage restores a released model's head (optim.train=[head]: "head"), or pretrains the whole model
     # on general text ("general": e.g. a BERT built from the config's fields, model.text="")
-    first = "head" if list(train.load_config(cfg.base_files, cfg.base).optim.train) == ["head"] else "general"
+    stage1 = train.load_config(cfg.base_files, cfg.base)  # the first stage (its model: as released, or as built)
+    first = "head" if list(stage1.optim.train) == ["head"] else "general"
     stages = [(first, [])] + ([("full", ["optim.train=[]", "optim.freeze=[]", f"optim.max_steps={cfg.base_full_steps}",
                                            f"model.init={out / 'base' / first}", *cfg.base_full])]
                                if cfg.base_full_steps else [])
@@ -117,7 +118,7 @@ def prepare_base(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
         if name in report:
             continue
         if run is None:  # as released: the head's untrained parts drawn by a fixed seed (a random head: ~0)
-            model, tok = probe_mod.released(train.load_config(cfg.base_files, cfg.base).model, init_seed=0)
+            model, tok = probe_mod.released(stage1.model, init_seed=0)
         else:
             model, mcfg = load_run(run)
             tok = load_tokenizer(mcfg)
