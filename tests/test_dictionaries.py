@@ -15,7 +15,7 @@ from conftest import tiny_bert
 
 from videomask import experiments, results
 from videomask.config import ConfigError
-from videomask.errors import DataError, VideomaskError
+from videomask.errors import UNFINISHED_EXIT, DataError, VideomaskError
 from videomask.prep import dictionaries
 
 FIX = Path(__file__).parent / "fixtures" / "dictionaries"
@@ -122,7 +122,7 @@ def test_a_base_built_from_scratch_is_pretrained_whole_on_general_text(tmp_path,
             "finetune=[epochs=1,max_text_len=16]"]
     # a base stage stopped early stops the command (no report of a model that was not made); rerun, it continues
     stopped = [f"base=[{short},data.shuffle=0,run.stop_after=1]" if a.startswith("base=") else a for a in args]
-    assert experiments.main(stopped) == 2
+    assert experiments.main(stopped) == UNFINISHED_EXIT
     assert "general stopped at step 1 of 2" in capsys.readouterr().err and not (out / "base" / "report.json").exists()
     assert experiments.main(args) == 0
     base = out / "base" / "general"

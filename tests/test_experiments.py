@@ -8,6 +8,7 @@ from conftest import tiny_bert
 
 from videomask import experiments, text_setup
 from videomask.config import ConfigError
+from videomask.errors import UNFINISHED_EXIT
 
 
 def test_harness_table_picture_and_resume(scored_shards, tiny_shards, tiny_anchors, tiny_scorer, tmp_path, caplog):
@@ -137,10 +138,12 @@ def test_a_cell_stopped_early_stops_the_experiment_and_a_rerun_continues_it(tmp_
             "strategies=[random]", "baseline=false", "gate_first=false", "probe=false", "optim.max_steps=3",
             "optim.warmup_steps=0", "anchor_k=3"]
     cell = out / "cells" / "random_s0"
-    assert experiments.main([*args, f"pretrain=[{model},run.stop_after=1]", "finetune=[epochs=2,max_text_len=16]"]) == 2
+    stopped = experiments.main([*args, f"pretrain=[{model},run.stop_after=1]", "finetune=[epochs=2,max_text_len=16]"])
+    assert stopped == UNFINISHED_EXIT  # not 2, a refusal: rerunning continues it
     assert "pretrain stopped at step 1 of 3" in capsys.readouterr().err and not (cell / "finetune").exists()
     assert (cell / "pretrain" / "checkpoint.pt").exists() and not (cell / "pretrain" / "model.safetensors").exists()
-    assert experiments.main([*args, f"pretrain=[{model}]", "finetune=[epochs=2,max_text_len=16,run.stop_after=1]"]) == 2
+    stopped = experiments.main([*args, f"pretrain=[{model}]", "finetune=[epochs=2,max_text_len=16,run.stop_after=1]"])
+    assert stopped == UNFINISHED_EXIT
     assert "finetune stopped before its last epoch" in capsys.readouterr().err
     assert (cell / "pretrain" / "model.safetensors").exists() and not (cell / "finetune" / "metrics.json").exists()
     assert experiments.main([*args, f"pretrain=[{model}]", "finetune=[epochs=2,max_text_len=16]"]) == 0

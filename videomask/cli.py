@@ -60,13 +60,13 @@ def main(argv=None) -> int:
         print(f"videomask: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    from .errors import VideomaskError
+    from .errors import VideomaskError, exit_status
 
     try:
         return module.main(argv[1:]) or 0
     except VideomaskError as e:  # what a command did not catch itself (the demo's stages): still a message
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_status(e)
     except OSError as e:  # disk full, read-only, no permission: a message, not a traceback
         from .errors import explain_os_error
 

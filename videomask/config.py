@@ -231,12 +231,12 @@ def help_text(schema, prog: str, doc: str) -> str:
 def run_cli(argv, schema, run, prog: str, doc: str, default_files=lambda files, overrides: files) -> int:
     """The command line of a config-driven tool: ``-h``/``--help`` (usage, every key with its type,
     default and help, then exit 0), ``--print-config`` (the resolved config, then exit 0), else
-    ``run(config)``. The project's own errors become a message and exit status 2; anything else keeps
-    its traceback."""
+    ``run(config)``. The project's own errors become a message and exit status 2 (75: a run stopped before its end,
+    rerun to continue it); anything else keeps its traceback."""
     import logging
     import sys
 
-    from .errors import VideomaskError
+    from .errors import VideomaskError, exit_status
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -264,7 +264,7 @@ def run_cli(argv, schema, run, prog: str, doc: str, default_files=lambda files, 
     except VideomaskError as e:
         logging.getLogger("videomask").debug("refused", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_status(e)
     except FloatingPointError as e:  # a diverged run: the message says which checkpoint is the last finite one
         print(f"error: {e}", file=sys.stderr)
         return 3

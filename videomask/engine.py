@@ -98,6 +98,14 @@ class StopSignals:
     def _set(self, signum, frame):
         self.signal = signum
 
+    def agreed(self, world: int, device) -> bool:
+        """Whether any process has been signalled. With several, a collective that every process reaches once per
+        step (or epoch): a signal reaches the processes at different times (torchrun and Slurm send it to each in
+        turn), and one that stopped alone would leave the others waiting in their next collective."""
+        if world == 1:
+            return self.signal is not None
+        return not all_ranks_true(self.signal is None, world, device)
+
     def __enter__(self) -> "StopSignals":
         self.previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
         for sig in self.SIGNALS:

@@ -1,5 +1,5 @@
 """The project's own errors. Command-line entry points catch ``VideomaskError`` (a message, exit
-status 2) and let everything else keep its traceback: a bug should look like a bug.
+status 2; 75 for ``Unfinished``) and let everything else keep its traceback: a bug should look like a bug.
 
 Each subclass is also a ``ValueError``, as the errors were before this hierarchy existed, so code
 that caught ``ValueError`` keeps working.
@@ -25,6 +25,15 @@ class MissingError(DataError, FileNotFoundError):
 class Unfinished(VideomaskError):
     """A run that stopped before its end (a stop signal, ``run.stop_after``) and saved its state, met by a stage whose
     next step reads its finished model: the pipeline stops there; rerunning the same command continues it."""
+
+
+#: the exit status of a command stopped by ``Unfinished``: sysexits.h's EX_TEMPFAIL ("try again later"), so that a
+#: job script or a scheduler's requeue can tell "rerun me" from a refusal (2), which rerunning would only repeat
+UNFINISHED_EXIT = 75
+
+
+def exit_status(e: VideomaskError) -> int:
+    return UNFINISHED_EXIT if isinstance(e, Unfinished) else 2
 
 
 def explain_os_error(e: OSError) -> str | None:

@@ -279,7 +279,7 @@ def run_cell(cfg: ExperimentConfig, cell: dict, out: Path):
             if not done.exists():
                 logger.info(f"[{cell['name']}] fine-tuning ({fcfg.task}, {fcfg.mode}, seed {fcfg.run.seed})")
             r = json.loads(done.read_text()) if done.exists() else ft.finetune(fcfg)
-            if r.get("stopped"):  # run.stop_after: no test metrics yet
+            if r.get("stopped"):  # a stop signal or run.stop_after: no test metrics yet
                 raise Unfinished(f"{fcfg.run.out} stopped before its last epoch (its state is saved): rerun the same "
                                  "command to continue it")
             accuracies.append(r["test"]["accuracy"])

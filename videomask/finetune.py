@@ -540,16 +540,21 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
         ft.ddp = engine.wrap(model, world, device, "ddp", find_unused=True)
     progress = resume(cfg, out, trainable, opt, rank)
     log = engine.MetricsLog(out, rank)
-    for epoch in range(progress.start, cfg.epochs):
-        if progress.waited >= cfg.patience:
-            break
-        if cfg.run.stop_after and epoch - progress.start >= cfg.run.stop_after:  # time-limited jobs: resume later
-            log.close()
-            if rank == 0:
-                logger.info(f"stopped after epoch {epoch - 1} (run.stop_after={cfg.run.stop_after}); "
-                            "continue with run.resume=auto")
-            return {"stopped": True, "epoch": epoch - 1, "history": progress.history}
-        end_epoch(ft, progress, epoch, *train_epoch(ft, epoch), log)
+    # a stop signal (SIGTERM, SIGINT) ends the run at the end of the epoch it arrives in, whose checkpoint is then
+    # written: resumable, as with run.stop_after (time-limited jobs); an epoch cut short could not be resumed
+    with engine.StopSignals() as stop:
+        for epoch in range(progress.start, cfg.epochs):
+            if progress.waited >= cfg.patience:
+                break
+            signalled = stop.agreed(world, device)
+            if signalled or (cfg.run.stop_after and epoch - progress.start >= cfg.run.stop_after):
+                log.close()
+                if rank == 0:
+                    why = (f"signal {stop.signal}" if stop.signal else "a stop signal to another process" if signalled
+                           else f"run.stop_after={cfg.run.stop_after}")
+                    logger.info(f"stopped before epoch {epoch} ({why}); continue with run.resume=auto")
+                return {"stopped": True, "epoch": epoch - 1, "history": progress.history}
+            end_epoch(ft, progress, epoch, *train_epoch(ft, epoch), log)
     log.close()
     result = test_result(ft, progress, splits, sum(p.numel() for p in model.parameters() if p.requires_grad))
     write_results(cfg, out, result, progress.best_state, rank)

@@ -175,13 +175,15 @@ def checkpoint(run: Run, state: LoopState):
 def epochs(run: Run, loader: Loader, collate: MaskingCollator, state: LoopState, stop: engine.StopSignals):
     """Batches without end: epoch after epoch of the shards (new masks each epoch), resumable mid-epoch. Each
     finished epoch's reading is logged and judged: data that is mostly unusable, or that cannot make one batch,
-    stops the run here rather than spin. A stop signal ends the batches (the loop then saves and returns)."""
+    stops the run here rather than spin. A stop signal ends the batches (the loop then saves and returns); with
+    several processes only the loop's agreed check at the end of a step does, so that all stop at the same step."""
+    alone = run.world == 1
     while True:
         collate.set_epoch(state.epoch)
         n = 0
         for b in loader:
             n += 1
-            if stop.signal:
+            if stop.signal and alone:
                 return
             if n <= state.batch_in_epoch:
                 continue  # already trained on before the resume
@@ -198,7 +200,7 @@ def epochs(run: Run, loader: Loader, collate: MaskingCollator, state: LoopState,
             why = f" ({loader.skips.line()}; {loader.skips.reasons()})" if sum(counts.values()) else ""
             raise data.DataError(f"no training batches in {cfg.data.train} (split {cfg.data.train_split!r}){why}; "
                                  f"with {run.world} processes each needs at least one batch of {cfg.data.batch_size}")
-        if stop.signal:
+        if stop.signal and alone:
             return
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
@@ -378,7 +380,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
             skip_check(run, loader, state)
             try:
                 logs = log_step(run, loader, state, optimizer_step(run, batches, state, autocast), bar)
-            except StopIteration:  # a stop signal while reading: this step was not taken
+            except StopIteration:  # a stop signal while reading (one process): this step was not taken
                 checkpoint(run, state)
                 if rank == 0:
                     logger.info(f"stopped at step {state.step} (signal {stop.signal}); resume with run.resume=auto")
@@ -390,10 +392,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
                                                               cfg.run.val_batches)}, state.step)
             if (cfg.run.save_every and state.step % cfg.run.save_every == 0) or state.step == o.max_steps:
                 checkpoint(run, state)
-            if stop.signal or (cfg.run.stop_after and state.steps_here >= cfg.run.stop_after):
+            signalled = stop.agreed(world, device)
+            if signalled or (cfg.run.stop_after and state.steps_here >= cfg.run.stop_after):
                 checkpoint(run, state)
                 if rank == 0:
-                    why = f"signal {stop.signal}" if stop.signal else f"run.stop_after={cfg.run.stop_after}"
+                    why = (f"signal {stop.signal}" if stop.signal else "a stop signal to another process" if signalled
+                           else f"run.stop_after={cfg.run.stop_after}")
                     logger.info(f"stopped at step {state.step} ({why}); resume with run.resume=auto")
                 break
         bar.close()
