@@ -143,7 +143,7 @@ def test_torchrun_two_processes_match_one(qa_shards, tmp_path):
     args = [f"shards={qa_shards}", "epochs=3", "batch_size=16", "mode=probe", *model]
     one = ft.finetune(ft.load_config([], [*args, f"run.out={tmp_path / 'one'}"]))
     full = [f"shards={tmp_path / 'odd'}", "epochs=2", "batch_size=3", "mode=full", *model]
-    for mode, port, argv, n_test in (("probe", "29531", args, 144), ("full", "29532", full, 3)):
+    for mode, port, argv, n_test in (("probe", "29533", args, 144), ("full", "29534", full, 3)):
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                             port, "-m", "videomask.finetune", *argv, f"run.out={tmp_path / mode}"],
                            capture_output=True, text=True, env=env, timeout=600)

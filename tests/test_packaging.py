@@ -44,7 +44,8 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path):
     assert str(venv) in where, where
     for cmd in ([str(venv / "bin" / "videomask"), "train", "--help"], [str(venv / "bin" / "videomask"), "finetune",
                                                                         "--help"],
-                [str(venv / "bin" / "videomask"), "experiments", "--help"], [str(py), "-m", "videomask.train", "--help"]):
+                [str(venv / "bin" / "videomask"), "experiments", "--help"], [str(py), "-m", "videomask.train", "--help"],
+                [str(venv / "bin" / "videomask-demo"), "--help"]):
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=elsewhere, env=ENV)
         assert r.returncode == 0 and "usage:" in r.stdout, (cmd, r.stderr[-2000:])
     # the presets are found (the error is about the data, not an unknown preset) and nothing is written

@@ -76,5 +76,10 @@ def main(argv=None) -> int:
         return 2
 
 
+def demo() -> int:
+    """The ``videomask-demo`` script: ``videomask demo``, errors included (a message and exit status, no traceback)."""
+    return main(["demo", *sys.argv[1:]])
+
+
 if __name__ == "__main__":
     sys.exit(main())

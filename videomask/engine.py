@@ -87,7 +87,8 @@ class LoopState:
 
 class StopSignals:
     """``with StopSignals() as stop:`` SIGTERM and SIGINT set ``stop.signal`` instead of ending the process, so
-    the loop can finish its step, save and return; the caller's handlers come back on exit."""
+    the loop can finish its step, save and return; the caller's handlers come back on exit, or at a second signal,
+    which they then receive."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -96,6 +97,10 @@ class StopSignals:
         self.previous: dict = {}
 
     def _set(self, signum, frame):
+        if self.signal is not None:  # a second signal means now: the handler from before takes it (KeyboardInterrupt)
+            self.__exit__()
+            signal.raise_signal(signum)
+            return
         self.signal = signum
 
     def agreed(self, world: int, device) -> bool:

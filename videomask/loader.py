@@ -13,6 +13,7 @@ item of counts alone; ``Loader`` takes them off before a batch is handed on.
 """
 from __future__ import annotations
 
+import signal
 from collections import Counter
 
 import numpy as np
@@ -210,6 +211,14 @@ def report_stage(handler: data.ErrorCounter, windows: "Windows"):
     return stage
 
 
+def ignore_stop_signals(worker_id: int):
+    """DataLoader workers leave SIGTERM and SIGINT to the main process, which stops at a step's end and shuts them
+    down: torchrun, Slurm and a terminal's Ctrl-C signal the whole process group, and a worker killed by it (torch's
+    own SIGTERM handler in workers exits) would end the run with "DataLoader worker ... killed" instead."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Loader:
     """One epoch of batches per iteration (see the module docstring). ``skips``: a ``SkipReport`` over every
     worker and epoch; ``counts``: this epoch's documents, windows and too-short transcripts, over every
@@ -227,7 +236,8 @@ class Loader:
         # its own generator: making an iterator draws a base seed from it, and from the global RNG without one, which
         # would shift dropout after a resume (the checkpoint restores the global RNG before the loop makes one)
         self.dataloader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=workers,
-                                                      generator=torch.Generator().manual_seed(seed))
+                                                      generator=torch.Generator().manual_seed(seed),
+                                                      worker_init_fn=ignore_stop_signals if workers else None)
 
     def __iter__(self):
         self._past += self.counts

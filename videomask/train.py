@@ -392,9 +392,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
                                                               cfg.run.val_batches)}, state.step)
             if (cfg.run.save_every and state.step % cfg.run.save_every == 0) or state.step == o.max_steps:
                 checkpoint(run, state)
-            signalled = stop.agreed(world, device)
-            if signalled or (cfg.run.stop_after and state.steps_here >= cfg.run.stop_after):
-                checkpoint(run, state)
+            signalled = stop.agreed(world, device)  # every step, on every process: it is a collective
+            # a stop on the last step is no stop: the run has finished and is exported below
+            stopping = signalled or (cfg.run.stop_after and state.steps_here >= cfg.run.stop_after)
+            if stopping and state.step < o.max_steps:
+                if state.saved_step != state.step:  # once: with FSDP a checkpoint gathers every shard
+                    checkpoint(run, state)
                 if rank == 0:
                     why = (f"signal {stop.signal}" if stop.signal else "a stop signal to another process" if signalled
                            else f"run.stop_after={cfg.run.stop_after}")

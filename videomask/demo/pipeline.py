@@ -180,6 +180,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # as `videomask demo`: the CLI turns errors (videomask.errors) into messages
-    from videomask.cli import main as cli_main
+    from videomask.cli import demo
 
-    sys.exit(cli_main(["demo", *sys.argv[1:]]))
+    sys.exit(demo())
