@@ -181,6 +181,9 @@ def test_the_gate_reads_reference_minus_baseline_on_every_measure():
                 "mean": (lo + hi) / 2, "lo": lo, "hi": hi}
     good = results.gate_check(cfg, [pair("test accuracy", -0.05, -0.01), pair("mlm accuracy", -0.07, -0.06)])
     assert good["passes"] and good["measures"]["test accuracy"]["lo"] == 0.01
+    # gate.json's labels follow its sign: reference - baseline
+    assert good["measures"]["test accuracy"]["condition"] == "random"
+    assert good["measures"]["test accuracy"]["reference"] == "no continued pretraining"
     bad = results.gate_check(cfg, [pair("test accuracy", 0.016, 0.048), pair("mlm accuracy", -0.07, -0.06)])
     assert not bad["passes"] and "-0.048" in bad["text"] and "fails" in bad["text"]
     tie = results.gate_check(cfg, [pair("test accuracy", 0.0, 0.0), pair("mlm accuracy", -0.07, -0.06)])

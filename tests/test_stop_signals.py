@@ -122,11 +122,14 @@ def test_a_stop_signal_to_the_process_group_stops_training_with_dataloader_worke
 
 
 def test_a_second_signal_stops_at_once():
-    before = signal.getsignal(signal.SIGINT)
-    with StopSignals() as stop:
-        signal.raise_signal(signal.SIGINT)  # the first: noted, the loop stops where it can save
-        assert stop.signal == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):  # the second: the handler from before (Python's) takes it
-            signal.raise_signal(signal.SIGINT)
-        assert signal.getsignal(signal.SIGINT) is before
-    assert signal.getsignal(signal.SIGINT) is before
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own (a library may have set another)
+    try:
+        with StopSignals() as stop:
+            signal.raise_signal(signal.SIGINT)  # the first: noted, the loop stops where it can save
+            assert stop.signal == signal.SIGINT
+            with pytest.raises(KeyboardInterrupt):  # the second: the handler from before takes it
+                signal.raise_signal(signal.SIGINT)
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)

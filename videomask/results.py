@@ -243,7 +243,8 @@ def gate_check(cfg: ExperimentConfig, pairs: list[dict]) -> dict:
         if p is None:  # not a negative result: the run cannot read its gate
             raise VideomaskError(f"the gate cannot be read: no paired {m!r} of {base} − {cfg.reference} (measured: "
                                  f"{sorted({q['measure'] for q in pairs})})")
-        flipped = {**p, "mean": -p["mean"], "lo": -p["hi"], "hi": -p["lo"]}
+        flipped = {**p, "condition": p["reference"], "reference": p["condition"],  # the labels follow the sign
+                   "mean": -p["mean"], "lo": -p["hi"], "hi": -p["lo"]}
         found[m] = flipped
         parts.append(f"{m} {_ci(flipped)}")
     passes = len(found) == len(cfg.gate_measures) and all(p["lo"] > 0 for p in found.values())
