@@ -111,6 +111,12 @@ class StopSignals:
             return self.signal is not None
         return not all_ranks_true(self.signal is None, world, device)
 
+    def why(self, signalled: bool, stop_after: int) -> str:
+        """What stopped the loop, for its log line: a signal here, one to another process, or ``run.stop_after``."""
+        if self.signal:
+            return f"signal {self.signal}"
+        return "a stop signal to another process" if signalled else f"run.stop_after={stop_after}"
+
     def __enter__(self) -> "StopSignals":
         self.previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
         for sig in self.SIGNALS:

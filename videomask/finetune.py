@@ -550,9 +550,8 @@ def _finetune(cfg: FinetuneConfig, rank: int, world: int, device) -> dict:
             if signalled or (cfg.run.stop_after and epoch - progress.start >= cfg.run.stop_after):
                 log.close()
                 if rank == 0:
-                    why = (f"signal {stop.signal}" if stop.signal else "a stop signal to another process" if signalled
-                           else f"run.stop_after={cfg.run.stop_after}")
-                    logger.info(f"stopped before epoch {epoch} ({why}); continue with run.resume=auto")
+                    logger.info(f"stopped before epoch {epoch} ({stop.why(signalled, cfg.run.stop_after)}); "
+                                "continue with run.resume=auto")
                 return {"stopped": True, "epoch": epoch - 1, "history": progress.history}
             end_epoch(ft, progress, epoch, *train_epoch(ft, epoch), log)
     log.close()

@@ -237,7 +237,7 @@ class Loader:
         # would shift dropout after a resume (the checkpoint restores the global RNG before the loop makes one)
         self.dataloader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=workers,
                                                       generator=torch.Generator().manual_seed(seed),
-                                                      worker_init_fn=ignore_stop_signals if workers else None)
+                                                      worker_init_fn=ignore_stop_signals)
 
     def __iter__(self):
         self._past += self.counts

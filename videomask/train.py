@@ -399,9 +399,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, tokenizer, collate) 
                 if state.saved_step != state.step:  # once: with FSDP a checkpoint gathers every shard
                     checkpoint(run, state)
                 if rank == 0:
-                    why = (f"signal {stop.signal}" if stop.signal else "a stop signal to another process" if signalled
-                           else f"run.stop_after={cfg.run.stop_after}")
-                    logger.info(f"stopped at step {state.step} ({why}); resume with run.resume=auto")
+                    logger.info(f"stopped at step {state.step} ({stop.why(signalled, cfg.run.stop_after)}); "
+                                "resume with run.resume=auto")
                 break
         bar.close()
     run.log.close()
